@@ -1,0 +1,46 @@
+# dicom_lakehouse: every command a user, CI and a developer run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= .demo
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[spark,mlflow,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the package (editable) and the local extras
+
+demo: install ## Build the sample lake in $(DEMO_DIR), ingest it, show what landed
+	$(BIN)/dicom-lakehouse demo --dir $(DEMO_DIR)
+
+test: install ## Run the whole test suite (local Spark + Delta, real services)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## Run the tests that need no Spark session
+	$(BIN)/python -m pytest -m "not spark" $(PYTEST_ARGS)
+
+lint: install ## ruff lint + format check, mypy
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: install ## Run the ingest benchmark (prints figures and ratios)
+	$(BIN)/python benchmarks/bench_ingest.py
+
+clean: ## Remove the venv, demo output and caches
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,157 @@
+"""The ``dicom-lakehouse`` command line and the platform entry points.
+
+``dicom-lakehouse ingest --config FILE [--config FILE ...] [--json]``. With
+``--json`` the last line of stdout is one JSON summary object; without it a
+person sees progress on stderr and a summary table. Databricks
+``python_wheel_task`` calls :func:`ingest_task` with named parameters
+(``--config=...``); Synapse and Fabric run ``python -m dicom_lakehouse``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dicom_lakehouse.config import Settings, load_config
+from dicom_lakehouse.errors import DicomLakehouseError
+
+__all__ = ["ingest_task", "main"]
+
+logger = logging.getLogger("dicom_lakehouse.cli")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``--set a.b=c`` overrides as a nested mapping (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DicomLakehouseError(f"--set needs KEY=VALUE, got {item!r}")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_config(args.config or [], _parse_set(args.set or []))
+
+
+def _table(summary: dict[str, Any], keys: Sequence[str]) -> str:
+    width = max(len(k) for k in keys)
+    return "\n".join(f"  {k.ljust(width)}  {summary[k]}" for k in keys if k in summary)
+
+
+_INGEST_KEYS = (
+    "files_listed",
+    "files_ingested",
+    "files_unchanged",
+    "files_quarantined",
+    "files_ignored",
+    "files_foreign",
+    "files_vanished",
+    "bytes_read",
+    "lake_bytes",
+    "batches",
+    "seconds",
+)
+
+
+def _emit(summary: dict[str, Any], as_json: bool, keys: Sequence[str], title: str) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+        return
+    print(title)
+    print(_table(summary, keys))
+    for extra in ("quarantine_reasons", "foreign_reasons", "partitions"):
+        if summary.get(extra):
+            print(f"  {extra}: " + ", ".join(f"{k}={v}" for k, v in sorted(summary[extra].items())))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from dicom_lakehouse.ingest import run_ingest
+
+    summary = run_ingest(_settings(args)).as_dict()
+    _emit(summary, args.json, _INGEST_KEYS, "ingest summary")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dicom_lakehouse.demo import run_demo
+
+    result = run_demo(Path(args.dir), show=not args.json)
+    _emit(result, args.json, _INGEST_KEYS, "demo ingest summary")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-lakehouse", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            action="append",
+            metavar="FILE",
+            help="YAML config; repeat to layer files (later wins)",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override one key, e.g. --set spark.master=local[2]",
+        )
+        p.add_argument("--json", action="store_true", help="print one JSON summary line last")
+
+    ingest = sub.add_parser("ingest", help="land new lake file versions in the bronze tables")
+    common(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo", help="build a sample lake locally and ingest it")
+    demo.add_argument("--dir", default=".demo", help="folder for the sample lake and tables")
+    demo.add_argument("--json", action="store_true", help="print one JSON summary line last")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("dicom_lakehouse")
+    package.addHandler(handler)
+    package.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except DicomLakehouseError as exc:
+        print(f"dicom-lakehouse: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _task(command: str) -> Callable[[], None]:
+    def run() -> None:
+        code = main([command, *sys.argv[1:]])
+        if code:
+            raise SystemExit(code)
+
+    run.__name__ = f"{command}_task"
+    return run
+
+
+ingest_task = _task("ingest")
+"""Databricks ``python_wheel_task`` entry: ``named_parameters: {config: ...}``."""

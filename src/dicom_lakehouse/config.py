@@ -1,0 +1,187 @@
+"""The one configuration model: YAML files layered over code defaults.
+
+``load_config(paths)`` deep-merges the files in order (later wins), expands
+``${VAR}`` / ``${VAR:-default}`` from the environment, and validates. Errors
+name the bad key. Secrets are never config values: the config holds only the
+*names* of environment variables that carry them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dicom_lakehouse.errors import ConfigError
+from dicom_lakehouse.lake.layout import is_valid_partition_name
+
+__all__ = [
+    "IngestConfig",
+    "LakeConfig",
+    "MlflowConfig",
+    "Settings",
+    "SparkConfig",
+    "TablesConfig",
+    "load_config",
+]
+
+_ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class LakeConfig(_Model):
+    """Where the DICOM service's files are."""
+
+    root: str = Field(description="Container root: a local/mounted path or abfss:// URL")
+    workspace: str
+    service: str
+    partitions: tuple[str, ...] | None = Field(
+        default=None, description="Partitions to walk; all when unset"
+    )
+    shard_digits: int = Field(default=1, ge=0, le=3, description="Listing shards per partition")
+    verify_name_prefix: bool = Field(
+        default=False, description="Report flat names whose hash prefix is wrong as foreign"
+    )
+    storage: dict[str, str] = Field(
+        default_factory=dict, description="Backend options (no secrets: env var names only)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LakeConfig:
+        for label, value in (("workspace", self.workspace), ("service", self.service)):
+            if not value or "/" in value:
+                raise ValueError(f"{label} must be one folder name")
+        for name in self.partitions or ():
+            if not is_valid_partition_name(name):
+                raise ValueError(f"partitions: {name!r} is not a legal partition name")
+        return self
+
+
+class TablesConfig(_Model):
+    """Where the Delta tables go: a folder of path-based tables, or a catalog schema."""
+
+    location: str | None = None
+    catalog: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    prefix: str = Field(default="", description="Prefix for every table name")
+
+    @model_validator(mode="after")
+    def _check(self) -> TablesConfig:
+        if self.location is None and self.schema_name is None:
+            raise ValueError("set tables.location (a folder) or tables.schema (a catalog schema)")
+        if self.catalog is not None and self.schema_name is None:
+            raise ValueError("tables.catalog needs tables.schema")
+        return self
+
+
+class SparkConfig(_Model):
+    """How to get a session. Without ``master`` an existing session is required
+    (Databricks, Fabric, Synapse); with it a local session is started."""
+
+    master: str | None = None
+    app_name: str = "dicom-lakehouse"
+    conf: dict[str, str] = Field(default_factory=dict)
+    extra_packages: tuple[str, ...] = ()
+
+
+class IngestConfig(_Model):
+    """Header extraction and batching."""
+
+    header_bytes: int = Field(default=16384, ge=1024, description="First ranged read, bytes")
+    max_header_bytes: int = Field(default=64 * 1024 * 1024, ge=65536)
+    defer_size: int = Field(default=4096, ge=256, description="Values above this are skipped")
+    bulk_data_threshold: int = Field(default=1024, ge=16)
+    io_threads: int = Field(default=8, ge=1, le=128)
+    batch_files: int = Field(default=100_000, ge=1, description="Files per Delta commit")
+    files_per_task: int = Field(default=1000, ge=1, description="Files per Spark read task")
+
+
+class MlflowConfig(_Model):
+    tracking_uri: str | None = None
+    experiment: str = "dicom-lakehouse"
+
+
+class Settings(_Model):
+    """The whole configuration."""
+
+    lake: LakeConfig
+    tables: TablesConfig
+    spark: SparkConfig = SparkConfig()
+    ingest: IngestConfig = IngestConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+def _interpolate(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match["name"], match["default"]
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into ``base``: mappings merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top")
+    return data
+
+
+def load_config(
+    paths: Sequence[str | Path] = (), overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Load and validate the settings from YAML files layered in order."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = deep_merge(merged, _read_yaml(Path(path)))
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    return settings_from_mapping(merged)
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Validate an already merged mapping."""
+    try:
+        return Settings.model_validate(_interpolate(dict(data), ""))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "(top)"
+            problems.append(f"{key}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

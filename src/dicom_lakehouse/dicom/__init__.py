@@ -1,0 +1,1 @@
+"""DICOM header reading and the DICOM JSON model, without Spark."""

@@ -1,0 +1,286 @@
+"""The bronze ingest job: list the lake, land new file versions, quarantine bad files.
+
+Every listed file ends in exactly one of: ingested (bronze_instances),
+unchanged (that version landed before), quarantined (bronze_quarantine),
+ignored (service files) or foreign (reported in ``lake_files``). Each batch
+is one Delta commit per table, written with an idempotent transaction id, and
+a re-run skips every file version already committed, so a killed run re-run
+ends with no duplicates and nothing missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from dicom_lakehouse.config import Settings
+from dicom_lakehouse.extract import ExtractOptions
+from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.lake.backend import BackendSpec, open_backend
+from dicom_lakehouse.lake.walker import plan_listing
+from dicom_lakehouse.spark import get_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = [
+    "BRONZE_INSTANCES",
+    "BRONZE_QUARANTINE",
+    "LAKE_FILES",
+    "IngestSummary",
+    "RunContext",
+    "run_ingest",
+]
+
+logger = logging.getLogger(__name__)
+
+BRONZE_INSTANCES = "bronze_instances"
+BRONZE_QUARANTINE = "bronze_quarantine"
+LAKE_FILES = "lake_files"
+_VERSION_KEY = ["file_path", "file_size", "last_modified", "etag"]
+_RETRYABLE = ("read_error",)
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Run identity and clock, injectable so tests can compare whole tables."""
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(slots=True)
+class IngestSummary:
+    """What one ingest run did; ``as_dict`` is the CLI's JSON summary."""
+
+    run_id: str
+    files_listed: int = 0
+    files_ingested: int = 0
+    files_unchanged: int = 0
+    files_quarantined: int = 0
+    files_ignored: int = 0
+    files_foreign: int = 0
+    files_vanished: int = 0
+    bytes_read: int = 0
+    lake_bytes: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    foreign_reasons: dict[str, int] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def accounted(self) -> int:
+        return (
+            self.files_ingested
+            + self.files_unchanged
+            + self.files_quarantined
+            + self.files_ignored
+            + self.files_foreign
+        )
+
+
+def backend_spec(settings: Settings) -> BackendSpec:
+    return BackendSpec(settings.lake.root, tuple(sorted(settings.lake.storage.items())))
+
+
+def extract_options(settings: Settings) -> ExtractOptions:
+    cfg = settings.ingest
+    return ExtractOptions(
+        header_bytes=cfg.header_bytes,
+        max_header_bytes=cfg.max_header_bytes,
+        defer_size=cfg.defer_size,
+        bulk_data_threshold=cfg.bulk_data_threshold,
+        io_threads=cfg.io_threads,
+    )
+
+
+def ensure_bronze_tables(tables: DeltaTables) -> None:
+    from dicom_lakehouse.schemas import BRONZE_INSTANCES as S_INST
+    from dicom_lakehouse.schemas import BRONZE_QUARANTINE as S_QUAR
+    from dicom_lakehouse.schemas import LAKE_FILES as S_FILES
+
+    tables.ensure(BRONZE_INSTANCES, S_INST, comment="One row per DICOM file version")
+    tables.ensure(BRONZE_QUARANTINE, S_QUAR, comment="Files that could not be read as DICOM")
+    tables.ensure(LAKE_FILES, S_FILES, comment="The latest listing of the lake, every file")
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def run_ingest(
+    settings: Settings,
+    spark: SparkSession | None = None,
+    *,
+    run: RunContext | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> IngestSummary:
+    """Run one ingest of ``settings.lake`` into the bronze tables."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse.bronze import listing_dataframe
+
+    started = time.perf_counter()
+    run = run or RunContext()
+    say = progress or (lambda message: logger.info("%s", message))
+    spark = get_spark(settings.spark, spark)
+    lake = settings.lake
+    tables = DeltaTables(spark, settings.tables)
+    ensure_bronze_tables(tables)
+    spec = backend_spec(settings)
+    summary = IngestSummary(run_id=run.run_id)
+
+    tasks = plan_listing(
+        open_backend(spec),
+        lake.workspace,
+        lake.service,
+        partitions=lake.partitions,
+        digits=lake.shard_digits,
+    )
+    say(f"listing {len(tasks)} shard(s) of {lake.workspace}/{lake.service}")
+    listing = listing_dataframe(
+        spark,
+        spec,
+        tasks,
+        workspace=lake.workspace,
+        service=lake.service,
+        verify_prefix=lake.verify_name_prefix,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        _count_listing(listing, summary)
+        scope = f"workspace = {_sql_str(lake.workspace)} AND service = {_sql_str(lake.service)}"
+        if lake.partitions is not None:
+            folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
+            scope += f" AND partition_folder IN ({folders})"
+        stamped = listing.select(
+            F.lit(lake.workspace).alias("workspace"),
+            F.lit(lake.service).alias("service"),
+            "*",
+            F.lit(run.started_at).cast("timestamp").alias("listed_at"),
+            F.lit(run.run_id).alias("run_id"),
+        )
+        tables.replace_where(stamped, LAKE_FILES, scope)
+        # Checkpoint: Delta re-reads the latest snapshot on every action, so a
+        # lazy anti-join would shrink as the batches commit.
+        candidates = _new_versions(
+            listing.where(F.col("kind") == "instance"), tables
+        ).localCheckpoint(eager=True)
+        todo = candidates.count()
+        instances = summary.files_listed - summary.files_ignored - summary.files_foreign
+        summary.files_unchanged = instances - todo
+        say(
+            f"listed {summary.files_listed} files: {todo} new file versions, "
+            f"{summary.files_unchanged} unchanged"
+        )
+        if todo:
+            _ingest_candidates(spark, settings, tables, spec, run, candidates, todo, summary, say)
+    finally:
+        listing.unpersist()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _count_listing(listing: DataFrame, summary: IngestSummary) -> None:
+    from pyspark.sql import functions as F
+
+    rows = (
+        listing.groupBy("kind", "reason", "partition_name")
+        .agg(F.count("*").alias("n"), F.sum("file_size").alias("bytes"))
+        .collect()
+    )
+    for row in rows:
+        summary.files_listed += row["n"]
+        if row["kind"] == "ignored":
+            summary.files_ignored += row["n"]
+        elif row["kind"] == "foreign":
+            summary.files_foreign += row["n"]
+            reason = row["reason"] or "unknown"
+            summary.foreign_reasons[reason] = summary.foreign_reasons.get(reason, 0) + row["n"]
+        else:
+            summary.lake_bytes += row["bytes"] or 0
+            name = row["partition_name"]
+            summary.partitions[name] = summary.partitions.get(name, 0) + row["n"]
+
+
+def _new_versions(instances: DataFrame, tables: DeltaTables) -> DataFrame:
+    """Instance files whose version (path, size, mtime, etag) has not landed yet."""
+    from pyspark.sql import functions as F
+
+    done = (
+        tables.read(BRONZE_INSTANCES)
+        .select(*_VERSION_KEY)
+        .unionByName(
+            tables.read(BRONZE_QUARANTINE)
+            .where(~F.col("reason").isin(*_RETRYABLE))
+            .select(*_VERSION_KEY)
+        )
+    )
+    cond = [instances[c].eqNullSafe(done[c]) for c in _VERSION_KEY]
+    return instances.join(done, cond, "left_anti")
+
+
+def _ingest_candidates(
+    spark: SparkSession,
+    settings: Settings,
+    tables: DeltaTables,
+    spec: BackendSpec,
+    run: RunContext,
+    candidates: DataFrame,
+    todo: int,
+    summary: IngestSummary,
+    say: Callable[[str], None],
+) -> None:
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse.bronze import read_headers, split_results
+
+    cfg = settings.ingest
+    n_batches = max(1, math.ceil(todo / cfg.batch_files))
+    options = extract_options(settings)
+    parallelism = spark.sparkContext.defaultParallelism
+    for index in range(n_batches):
+        batch = candidates
+        if n_batches > 1:
+            batch = candidates.where(F.pmod(F.xxhash64("file_path"), F.lit(n_batches)) == index)
+        size = math.ceil(todo / n_batches)
+        n_tasks = max(parallelism, math.ceil(size / cfg.files_per_task))
+        # computed once (eagerly), then written to both tables and counted
+        results = read_headers(batch, spec, options, tasks=n_tasks).localCheckpoint(eager=True)
+        try:
+            good, bad = split_results(results, ingested_at=run.started_at, run_id=run.run_id)
+            app = f"dicom-lakehouse-ingest-{run.run_id}"
+            tables.append(good, BRONZE_INSTANCES, txn=(f"{app}-instances", index))
+            tables.append(bad, BRONZE_QUARANTINE, txn=(f"{app}-quarantine", index))
+            stats = (
+                results.groupBy("status", "reason")
+                .agg(F.count("*").alias("n"), F.sum("header_bytes_read").alias("bytes"))
+                .collect()
+            )
+        finally:
+            results.unpersist()
+        for row in stats:
+            summary.bytes_read += row["bytes"] or 0
+            if row["status"] == "ingested":
+                summary.files_ingested += row["n"]
+            else:
+                summary.files_quarantined += row["n"]
+                reasons = summary.quarantine_reasons
+                reasons[row["reason"]] = reasons.get(row["reason"], 0) + row["n"]
+                if row["reason"] == "vanished":
+                    summary.files_vanished += row["n"]
+        summary.batches += 1
+        say(
+            f"batch {index + 1}/{n_batches}: {summary.files_ingested} ingested, "
+            f"{summary.files_quarantined} quarantined so far"
+        )

@@ -1,0 +1,1 @@
+"""IO at the edges: Delta tables."""

@@ -1,0 +1,116 @@
+"""Delta tables: names, creation with explicit properties, appends and replaces.
+
+Tables are path-based under ``tables.location/{prefix}{name}``, or catalog
+tables ``[catalog.]schema.{prefix}{name}`` when ``tables.schema`` is set.
+Properties are set explicitly so that Synapse serverless SQL, the Fabric SQL
+endpoint and delta-rs can read them (protocol 1/2: no deletion vectors, no
+column mapping).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from dicom_lakehouse.config import TablesConfig
+from dicom_lakehouse.errors import TableError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+__all__ = ["TABLE_PROPERTIES", "DeltaTables"]
+
+logger = logging.getLogger(__name__)
+
+TABLE_PROPERTIES: dict[str, str] = {
+    "delta.minReaderVersion": "1",
+    "delta.minWriterVersion": "2",
+    "delta.enableDeletionVectors": "false",
+    "delta.columnMapping.mode": "none",
+    "delta.enableChangeDataFeed": "false",
+    "delta.appendOnly": "false",
+    "delta.checkpointInterval": "10",
+}
+
+
+class DeltaTables:
+    """The package's tables in one location or catalog schema."""
+
+    def __init__(self, spark: SparkSession, config: TablesConfig) -> None:
+        self.spark = spark
+        self.config = config
+
+    def ref(self, name: str) -> str:
+        """The table's path (path-based) or identifier (catalog)."""
+        full = f"{self.config.prefix}{name}"
+        if self.config.schema_name is not None:
+            parts = [self.config.catalog, self.config.schema_name, full]
+            return ".".join(p for p in parts if p)
+        assert self.config.location is not None
+        return f"{self.config.location.rstrip('/')}/{full}"
+
+    @property
+    def by_path(self) -> bool:
+        return self.config.schema_name is None
+
+    def exists(self, name: str) -> bool:
+        from delta.tables import DeltaTable
+
+        if self.by_path:
+            return DeltaTable.isDeltaTable(self.spark, self.ref(name))
+        return self.spark.catalog.tableExists(self.ref(name))
+
+    def ensure(
+        self,
+        name: str,
+        schema: StructType,
+        *,
+        partition_by: Sequence[str] = (),
+        comment: str = "",
+    ) -> None:
+        """Create the table with ``schema`` and the explicit properties if missing."""
+        from delta.tables import DeltaTable
+
+        if self.exists(name):
+            return
+        builder = DeltaTable.createIfNotExists(self.spark)
+        builder = (
+            builder.location(self.ref(name)) if self.by_path else builder.tableName(self.ref(name))
+        )
+        builder = builder.addColumns(schema)
+        if partition_by:
+            builder = builder.partitionedBy(*partition_by)
+        for key, value in TABLE_PROPERTIES.items():
+            builder = builder.property(key, value)
+        if comment:
+            builder = builder.comment(comment)
+        try:
+            builder.execute()
+        except Exception as exc:  # a concurrent run may have created it first
+            if not self.exists(name):
+                raise TableError(f"cannot create table {name}") from exc
+        logger.info("created table %s", name)
+
+    def read(self, name: str) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        return reader.load(self.ref(name)) if self.by_path else self.spark.table(self.ref(name))
+
+    def _save(self, writer: object, name: str) -> None:
+        if self.by_path:
+            writer.save(self.ref(name))  # type: ignore[attr-defined]
+        else:
+            writer.saveAsTable(self.ref(name))  # type: ignore[attr-defined]
+
+    def append(self, df: DataFrame, name: str, *, txn: tuple[str, int] | None = None) -> None:
+        """Append ``df``; ``txn`` (app id, version) makes a retried write a no-op."""
+        writer = df.write.format("delta").mode("append")
+        if txn is not None:
+            writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
+        self._save(writer, name)
+
+    def replace_where(self, df: DataFrame, name: str, predicate: str) -> None:
+        """Atomically replace the rows matching ``predicate`` with ``df``."""
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+        self._save(writer, name)

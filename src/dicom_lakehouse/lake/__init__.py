@@ -1,0 +1,1 @@
+"""Storage-facing pieces: the lake layout, backends and the walker."""

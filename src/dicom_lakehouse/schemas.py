@@ -1,0 +1,48 @@
+"""Spark schemas of every table, built from :mod:`dicom_lakehouse.columns`."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+from dicom_lakehouse.columns import (
+    BRONZE_INSTANCE_COLUMNS,
+    BRONZE_QUARANTINE_COLUMNS,
+    HEADER_RESULT_COLUMNS,
+    LAKE_FILES_COLUMNS,
+    LISTING_COLUMNS,
+    Column,
+)
+
+__all__ = [
+    "BRONZE_INSTANCES",
+    "BRONZE_QUARANTINE",
+    "HEADER_RESULT",
+    "LAKE_FILES",
+    "LISTING",
+    "spark_schema",
+]
+
+_SPARK = {
+    "string": T.StringType(),
+    "long": T.LongType(),
+    "int": T.IntegerType(),
+    "double": T.DoubleType(),
+    "bool": T.BooleanType(),
+    "timestamp": T.TimestampType(),
+}
+
+
+def spark_schema(columns: tuple[Column, ...]) -> T.StructType:
+    return T.StructType(
+        [
+            T.StructField(c.name, _SPARK[c.kind], True, {"comment": c.doc} if c.doc else {})
+            for c in columns
+        ]
+    )
+
+
+LISTING = spark_schema(LISTING_COLUMNS)
+HEADER_RESULT = spark_schema(HEADER_RESULT_COLUMNS)
+BRONZE_INSTANCES = spark_schema(BRONZE_INSTANCE_COLUMNS)
+BRONZE_QUARANTINE = spark_schema(BRONZE_QUARANTINE_COLUMNS)
+LAKE_FILES = spark_schema(LAKE_FILES_COLUMNS)

@@ -1,0 +1,84 @@
+"""The one place that gets a SparkSession.
+
+On a platform (Databricks, Fabric, Synapse) the session exists already and is
+used as it is. Locally (``spark.master`` set) a session with the Delta
+extension is started through ``configure_spark_with_delta_pip``, which has
+Ivy resolve the Delta jars from Maven Central on first start and cache them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from dicom_lakehouse.config import SparkConfig
+from dicom_lakehouse.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["LOCAL_DEFAULTS", "get_spark", "spark_versions"]
+
+logger = logging.getLogger(__name__)
+
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.driver.memory": "2g",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+}
+
+
+def get_spark(config: SparkConfig | None = None, spark: SparkSession | None = None) -> SparkSession:
+    """Return ``spark`` if given, the active session, or a new local Delta session."""
+    if spark is not None:
+        return spark
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ConfigError(
+            "pyspark is not installed: install dicom-lakehouse[spark] for local use"
+        ) from exc
+    config = config or SparkConfig()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if config.master is None:
+        raise ConfigError(
+            "no active Spark session and spark.master is not set: "
+            "set spark.master (e.g. local[2]) to start a local session"
+        )
+    from delta import configure_spark_with_delta_pip
+
+    builder = SparkSession.builder.master(config.master).appName(config.app_name)
+    # Python workers run the driver's interpreter, so they see the same packages.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for key, value in {**LOCAL_DEFAULTS, **config.conf}.items():
+        builder = builder.config(key, value)
+    logger.info("starting a local Spark session (%s) with Delta", config.master)
+    session = configure_spark_with_delta_pip(
+        builder, extra_packages=list(config.extra_packages)
+    ).getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
+
+
+def spark_versions(spark: SparkSession) -> dict[str, str]:
+    """Spark and Delta versions of the session (Delta from the JVM when known)."""
+    versions = {"spark": spark.version}
+    try:
+        import importlib.metadata as md
+
+        versions["delta"] = md.version("delta-spark")
+    except Exception:
+        versions["delta"] = "unknown"
+    return versions
