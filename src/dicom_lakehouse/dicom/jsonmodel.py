@@ -60,6 +60,25 @@ def _public_vr(raw: RawDataElement) -> str | None:
     return vr
 
 
+def _deferred_binary_vr(raw: RawDataElement) -> str | None:
+    """The VR to report for a deferred binary value, or None if it is not binary."""
+    vr = raw.VR
+    if vr is None:
+        if raw.tag & 0x10000:
+            return "UN"
+        try:
+            vr = dictionary_VR(raw.tag)
+        except KeyError:
+            return "UN"
+    if vr in _BINARY or vr == "UN":
+        return vr
+    if " or " in vr and "OW" in vr:
+        return "OW"  # implicit VR little endian: ambiguous bulk values are OW
+    if " or " in vr and "OB" in vr:
+        return "OB"
+    return None
+
+
 def _strings(vr: str, value: bytes) -> Any:
     text = _ascii(value)
     if text is None:
@@ -114,6 +133,8 @@ def _fast_element(raw: RawDataElement, bulk_uri: BulkUri, threshold: int) -> Any
         return None
     value = raw.value
     if vr in _BINARY:
+        if not raw.length:
+            return {"vr": vr}
         if value is None or len(value) > (threshold // 4) * 3:
             return {"vr": vr, "BulkDataURI": bulk_uri(raw.tag, raw.value_tell, raw.length)}
         if not value:
@@ -153,12 +174,18 @@ def dataset_to_json(
     """
     out: dict[str, Any] = {}
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)
         json_key = f"{tag:08X}"
         if isinstance(raw, RawDataElement):
-            if raw.value is None and raw.length and read_deferred is not None:
-                vr = _public_vr(raw)
-                if vr is not None and vr not in _BINARY:
+            if raw.value is None and raw.length:  # deferred: pydicom skipped the value
+                bulk_vr = _deferred_binary_vr(raw)
+                if bulk_vr is not None:
+                    out[json_key] = {
+                        "vr": bulk_vr,
+                        "BulkDataURI": bulk_uri(raw.tag, raw.value_tell, raw.length),
+                    }
+                    continue
+                if read_deferred is not None:
                     raw = raw._replace(value=read_deferred(raw.value_tell, raw.length))
                     ds[tag] = raw  # pydicom may need it in the fallback below
             fast = _fast_element(raw, bulk_uri, threshold)
@@ -167,7 +194,7 @@ def dataset_to_json(
                 continue
             tell, length = raw.value_tell, raw.length
         else:
-            tell, length = -1, -1
+            tell, length = getattr(raw, "file_tell", None) or -1, -1
         elem = ds[tag]
         out[json_key] = _pydicom_element(elem, bulk_uri, threshold, tell, length, read_deferred)
     return out

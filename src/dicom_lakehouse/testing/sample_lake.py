@@ -433,6 +433,17 @@ def _uids_of(path: Path) -> tuple[str, str, str] | None:
     return (study, series, sop) if study and series and sop else None
 
 
+def _unreadable_reason(path: Path) -> str:
+    """The quarantine reason for a file without all three UIDs: a file with no
+    ``DICM`` prefix and no UID at all reads as junk (``not_dicom``)."""
+    data = path.read_bytes()
+    if data[128:132] != b"DICM":
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if not any(ds.get(keyword) for keyword in _UID_KEYWORDS):
+            return "not_dicom"
+    return "missing_uids"
+
+
 def _bundled_files() -> Iterable[tuple[str, Path]]:
     for name in BUNDLED_TEST_FILES:
         found = get_testdata_file(name, download=False)
@@ -513,7 +524,7 @@ def build_sample_lake(
     if include_testdata:
         for i, (source, path) in enumerate(_bundled_files()):
             found = _uids_of(path)
-            reason = None if found else "missing_uids"
+            reason = None if found else _unreadable_reason(path)
             w.instance(
                 folders[i % len(folders)], path.read_bytes(), source, uids=found, reason=reason
             )

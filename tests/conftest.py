@@ -1,0 +1,41 @@
+"""Shared fixtures: one local Spark session with Delta for the whole run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """A real local Spark session with the Delta extension (UI off, 2 shuffle partitions)."""
+    from dicom_lakehouse.testing import local_spark
+
+    session = local_spark()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_lake_session(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One embedded sample lake for read-only tests."""
+    from dicom_lakehouse.testing import build_sample_lake
+
+    return build_sample_lake(tmp_path_factory.mktemp("lake"))
+
+
+def settings_for(lake_root: Path, tables: Path, **over: object):  # type: ignore[no-untyped-def]
+    from dicom_lakehouse.config import deep_merge, settings_from_mapping
+
+    base = {
+        "lake": {"root": str(lake_root), "workspace": "ws1", "service": "svc1"},
+        "tables": {"location": str(tables)},
+        "spark": {"master": "local[2]"},
+    }
+    return settings_from_mapping(deep_merge(base, over))
