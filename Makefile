@@ -8,7 +8,7 @@ DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install services demo test test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,10 +21,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with the package (editable) and the local extras
 
+services: ## Install the servers the tests start (Orthanc from apt)
+	bash scripts/install-orthanc.sh
+
 demo: install ## Build the sample lake in $(DEMO_DIR), ingest it, show what landed
 	$(BIN)/dicom-lakehouse demo --dir $(DEMO_DIR)
 
-test: install ## Run the whole test suite (local Spark + Delta, real services)
+test: install services ## Run the whole test suite (local Spark + Delta, real services)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install ## Run the tests that need no Spark session

@@ -73,7 +73,7 @@ def listing_dataframe(
                 for chunk in _chunks(rows, 4096):
                     yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
-    slices = max(1, min(len(task_list), spark.sparkContext.defaultParallelism * 4))
+    slices = max(1, min(len(task_list), spark.sparkContext.defaultParallelism))
     ids = spark.range(0, len(task_list), 1, slices)
     return ids.mapInArrow(list_batches, LISTING)
 

@@ -15,6 +15,7 @@ __all__ = [
     "BRONZE_INSTANCE_COLUMNS",
     "BRONZE_QUARANTINE_COLUMNS",
     "HEADER_RESULT_COLUMNS",
+    "INGEST_RUNS_COLUMNS",
     "KEY_TAGS",
     "LAKE_FILES_COLUMNS",
     "LISTING_COLUMNS",
@@ -147,4 +148,17 @@ LAKE_FILES_COLUMNS: tuple[Column, ...] = (
     *LISTING_COLUMNS,
     Column("listed_at", "timestamp"),
     Column("run_id", "string"),
+)
+
+INGEST_RUNS_COLUMNS: tuple[Column, ...] = (
+    Column("run_id", "string"),
+    Column("workspace", "string"),
+    Column("service", "string"),
+    Column("scope", "string", "The lake_files predicate the run covered"),
+    Column("started_at", "timestamp"),
+    Column("finished_at", "timestamp"),
+    Column("listing_files", "long"),
+    Column("listing_fingerprint", "string", "Sum of XXH64 of every listed file's version"),
+    Column("retryable_pending", "long", "Files quarantined for a reason worth retrying"),
+    Column("summary_json", "string", "The run's JSON summary"),
 )

@@ -17,6 +17,8 @@ __all__ = [
     "DicomWebRequestError",
     "DicomWebResponseError",
     "DicomWebTransientError",
+    "StorageArchivedError",
+    "StorageAuthError",
     "StorageError",
     "StorageNotFoundError",
     "TableError",
@@ -101,3 +103,13 @@ class DicomWebDependencyError(DicomWebResponseError):
 class DicomWebRequestError(DicomWebResponseError):
     """The server refused the request as a whole without per-instance detail
     (404, 405, 406, 413, 415, 5xx, ...)."""
+
+
+class StorageAuthError(StorageError):
+    """The store refused the identity (HTTP 401/403) or no token could be had; stop the job."""
+
+
+class StorageArchivedError(StorageError):
+    """The file sits in the Archive tier and cannot be read (quarantine reason ``archived``)."""
+
+    quarantine_reason = "archived"

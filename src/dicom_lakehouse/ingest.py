@@ -10,16 +10,19 @@ ends with no duplicates and nothing missing.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from dicom_lakehouse.config import Settings
+from dicom_lakehouse.config import LakeConfig, Settings
 from dicom_lakehouse.extract import ExtractOptions
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BRONZE_INSTANCES",
     "BRONZE_QUARANTINE",
+    "INGEST_RUNS",
     "LAKE_FILES",
     "IngestSummary",
     "RunContext",
@@ -43,6 +47,7 @@ logger = logging.getLogger(__name__)
 BRONZE_INSTANCES = "bronze_instances"
 BRONZE_QUARANTINE = "bronze_quarantine"
 LAKE_FILES = "lake_files"
+INGEST_RUNS = "ingest_runs"
 _VERSION_KEY = ["file_path", "file_size", "last_modified", "etag"]
 _RETRYABLE = ("read_error",)
 
@@ -74,6 +79,17 @@ class IngestSummary:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     foreign_reasons: dict[str, int] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the run into ``phase_seconds``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.phase_seconds[name] = round(self.phase_seconds.get(name, 0.0) + spent, 3)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,18 +120,29 @@ def extract_options(settings: Settings) -> ExtractOptions:
     )
 
 
-def ensure_bronze_tables(tables: DeltaTables) -> None:
-    from dicom_lakehouse.schemas import BRONZE_INSTANCES as S_INST
-    from dicom_lakehouse.schemas import BRONZE_QUARANTINE as S_QUAR
-    from dicom_lakehouse.schemas import LAKE_FILES as S_FILES
+def ensure_bronze_tables(tables: DeltaTables) -> set[str]:
+    """Create the ingest's tables if missing; return the names created now."""
+    from dicom_lakehouse import schemas
 
-    tables.ensure(BRONZE_INSTANCES, S_INST, comment="One row per DICOM file version")
-    tables.ensure(BRONZE_QUARANTINE, S_QUAR, comment="Files that could not be read as DICOM")
-    tables.ensure(LAKE_FILES, S_FILES, comment="The latest listing of the lake, every file")
+    specs = (
+        (BRONZE_INSTANCES, schemas.BRONZE_INSTANCES, "One row per DICOM file version"),
+        (BRONZE_QUARANTINE, schemas.BRONZE_QUARANTINE, "Files that could not be read as DICOM"),
+        (LAKE_FILES, schemas.LAKE_FILES, "The latest listing of the lake, every file"),
+        (INGEST_RUNS, schemas.INGEST_RUNS, "One row per completed ingest run"),
+    )
+    with ThreadPoolExecutor(len(specs), thread_name_prefix="dl-ensure") as pool:
+        made = pool.map(lambda spec: tables.ensure(spec[0], spec[1], comment=spec[2]), specs)
+        return {spec[0] for spec, new in zip(specs, made, strict=True) if new}
 
 
 def _sql_str(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    files: int
+    fingerprint: str
 
 
 def run_ingest(
@@ -127,7 +154,6 @@ def run_ingest(
 ) -> IngestSummary:
     """Run one ingest of ``settings.lake`` into the bronze tables."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     from dicom_lakehouse.bronze import listing_dataframe
 
@@ -137,10 +163,15 @@ def run_ingest(
     spark = get_spark(settings.spark, spark)
     lake = settings.lake
     tables = DeltaTables(spark, settings.tables)
-    ensure_bronze_tables(tables)
     spec = backend_spec(settings)
     summary = IngestSummary(run_id=run.run_id)
+    scope = f"workspace = {_sql_str(lake.workspace)} AND service = {_sql_str(lake.service)}"
+    if lake.partitions is not None:
+        folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
+        scope += f" AND partition_folder IN ({folders})"
 
+    with summary.phase("tables"):
+        created = ensure_bronze_tables(tables)
     tasks = plan_listing(
         open_backend(spec),
         lake.workspace,
@@ -148,7 +179,7 @@ def run_ingest(
         partitions=lake.partitions,
         digits=lake.shard_digits,
     )
-    say(f"listing {len(tasks)} shard(s) of {lake.workspace}/{lake.service}")
+    say(f"listing {len(tasks)} shard task(s) of {lake.workspace}/{lake.service}")
     listing = listing_dataframe(
         spark,
         spec,
@@ -158,48 +189,124 @@ def run_ingest(
         verify_prefix=lake.verify_name_prefix,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        _count_listing(listing, summary)
-        scope = f"workspace = {_sql_str(lake.workspace)} AND service = {_sql_str(lake.service)}"
-        if lake.partitions is not None:
-            folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
-            scope += f" AND partition_folder IN ({folders})"
-        stamped = listing.select(
-            F.lit(lake.workspace).alias("workspace"),
-            F.lit(lake.service).alias("service"),
-            "*",
-            F.lit(run.started_at).cast("timestamp").alias("listed_at"),
-            F.lit(run.run_id).alias("run_id"),
-        )
-        tables.replace_where(stamped, LAKE_FILES, scope)
-        # Checkpoint: Delta re-reads the latest snapshot on every action, so a
-        # lazy anti-join would shrink as the batches commit.
-        candidates = _new_versions(
-            listing.where(F.col("kind") == "instance"), tables
-        ).localCheckpoint(eager=True)
-        todo = candidates.count()
+        # the last run's state is read while the lake is listed: both are small jobs
+        with ThreadPoolExecutor(1, thread_name_prefix="dl-state") as pool:
+            state = pool.submit(
+                _timed,
+                summary,
+                "state",
+                _previous_run,
+                tables,
+                lake,
+                scope,
+                skip=INGEST_RUNS in created,
+            )
+            with summary.phase("list"):
+                listed = _count_listing(listing, summary)
+            previous = state.result()
         instances = summary.files_listed - summary.files_ignored - summary.files_foreign
-        summary.files_unchanged = instances - todo
-        say(
-            f"listed {summary.files_listed} files: {todo} new file versions, "
-            f"{summary.files_unchanged} unchanged"
-        )
-        if todo:
-            _ingest_candidates(spark, settings, tables, spec, run, candidates, todo, summary, say)
+        if previous is not None and previous == listed and settings.ingest.skip_unchanged_listing:
+            # the last completed run saw exactly this listing and left nothing to retry
+            summary.files_unchanged = instances
+            say(f"listed {summary.files_listed} files: unchanged since the last run")
+        else:
+            _land(spark, settings, tables, spec, run, listing, scope, created, summary, say)
+            with summary.phase("record"):
+                _record_run(spark, tables, lake, scope, run, listed, summary)
     finally:
         listing.unpersist()
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
 
 
-def _count_listing(listing: DataFrame, summary: IngestSummary) -> None:
+def _land(
+    spark: SparkSession,
+    settings: Settings,
+    tables: DeltaTables,
+    spec: BackendSpec,
+    run: RunContext,
+    listing: DataFrame,
+    scope: str,
+    created: set[str],
+    summary: IngestSummary,
+    say: Callable[[str], None],
+) -> None:
+    """Replace the listing in lake_files and land every new file version."""
     from pyspark.sql import functions as F
 
+    lake = settings.lake
+    stamped = listing.select(
+        F.lit(lake.workspace).alias("workspace"),
+        F.lit(lake.service).alias("service"),
+        "*",
+        F.lit(run.started_at).cast("timestamp").alias("listed_at"),
+        F.lit(run.run_id).alias("run_id"),
+    )
+
+    def write_listing() -> None:
+        with summary.phase("lake_files"):
+            if LAKE_FILES in created:
+                tables.append(stamped, LAKE_FILES)
+            else:
+                tables.replace_where(stamped, LAKE_FILES, scope)
+
+    # the listing's commit is independent of the bronze work: run them side by side
+    with ThreadPoolExecutor(1, thread_name_prefix="dl-listing") as pool:
+        listing_written = pool.submit(write_listing)
+        _land_instances(spark, settings, tables, spec, run, listing, created, summary, say)
+        listing_written.result()
+
+
+def _land_instances(
+    spark: SparkSession,
+    settings: Settings,
+    tables: DeltaTables,
+    spec: BackendSpec,
+    run: RunContext,
+    listing: DataFrame,
+    created: set[str],
+    summary: IngestSummary,
+    say: Callable[[str], None],
+) -> None:
+    from pyspark.sql import functions as F
+
+    with summary.phase("compare"):
+        instances = listing.where(F.col("kind") == "instance")
+        if {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= created:
+            pending = instances  # nothing has landed yet
+        else:
+            pending = _new_versions(instances, tables)
+        # Checkpoint: Delta reads the latest snapshot on every action, so a lazy
+        # anti-join would shrink as the batches commit.
+        candidates = pending.localCheckpoint(eager=True)
+        todo = candidates.count()
+    instance_count = summary.files_listed - summary.files_ignored - summary.files_foreign
+    summary.files_unchanged = instance_count - todo
+    say(
+        f"listed {summary.files_listed} files: {todo} new file versions, "
+        f"{summary.files_unchanged} unchanged"
+    )
+    if todo:
+        _ingest_candidates(spark, settings, tables, spec, run, candidates, todo, summary, say)
+
+
+def _count_listing(listing: DataFrame, summary: IngestSummary) -> _Listing:
+    """Count the listing by kind and fingerprint it, in one Spark job."""
+    from pyspark.sql import functions as F
+
+    version = F.xxhash64("file_path", "file_size", "last_modified", "etag", "kind", "reason")
     rows = (
         listing.groupBy("kind", "reason", "partition_name")
-        .agg(F.count("*").alias("n"), F.sum("file_size").alias("bytes"))
+        .agg(
+            F.count("*").alias("n"),
+            F.sum("file_size").alias("bytes"),
+            F.sum(version.cast("decimal(38,0)")).alias("fingerprint"),
+        )
         .collect()
     )
+    fingerprint = 0
     for row in rows:
+        fingerprint += int(row["fingerprint"] or 0)
         summary.files_listed += row["n"]
         if row["kind"] == "ignored":
             summary.files_ignored += row["n"]
@@ -211,6 +318,65 @@ def _count_listing(listing: DataFrame, summary: IngestSummary) -> None:
             summary.lake_bytes += row["bytes"] or 0
             name = row["partition_name"]
             summary.partitions[name] = summary.partitions.get(name, 0) + row["n"]
+    return _Listing(summary.files_listed, str(fingerprint))
+
+
+def _timed(
+    summary: IngestSummary, name: str, func: Callable[..., Any], *args: Any, skip: bool = False
+) -> Any:
+    if skip:
+        return None
+    with summary.phase(name):
+        return func(*args)
+
+
+def _previous_run(tables: DeltaTables, lake: LakeConfig, scope: str) -> _Listing | None:
+    """The listing of the last completed run over the same scope, if nothing is pending."""
+    from pyspark.sql import functions as F
+
+    rows = (
+        tables.read(INGEST_RUNS)
+        .where(
+            (F.col("workspace") == lake.workspace)
+            & (F.col("service") == lake.service)
+            & (F.col("scope") == scope)
+        )
+        .select("finished_at", "listing_files", "listing_fingerprint", "retryable_pending")
+        .collect()
+    )
+    if not rows:
+        return None
+    last = max(rows, key=lambda row: row["finished_at"])
+    if last["retryable_pending"]:
+        return None
+    return _Listing(last["listing_files"], last["listing_fingerprint"])
+
+
+def _record_run(
+    spark: SparkSession,
+    tables: DeltaTables,
+    lake: LakeConfig,
+    scope: str,
+    run: RunContext,
+    listed: _Listing,
+    summary: IngestSummary,
+) -> None:
+    from dicom_lakehouse.schemas import INGEST_RUNS as SCHEMA
+
+    pending = sum(n for reason, n in summary.quarantine_reasons.items() if reason in _RETRYABLE)
+    row = (
+        run.run_id,
+        lake.workspace,
+        lake.service,
+        scope,
+        run.started_at,
+        datetime.now(UTC),
+        listed.files,
+        listed.fingerprint,
+        pending,
+        json.dumps(summary.as_dict(), default=str),
+    )
+    tables.append(spark.createDataFrame([row], SCHEMA), INGEST_RUNS)
 
 
 def _new_versions(instances: DataFrame, tables: DeltaTables) -> DataFrame:
@@ -256,17 +422,28 @@ def _ingest_candidates(
         size = math.ceil(todo / n_batches)
         n_tasks = max(parallelism, math.ceil(size / cfg.files_per_task))
         # computed once (eagerly), then written to both tables and counted
-        results = read_headers(batch, spec, options, tasks=n_tasks).localCheckpoint(eager=True)
+        with summary.phase("read"):
+            results = read_headers(batch, spec, options, tasks=n_tasks).localCheckpoint(eager=True)
         try:
             good, bad = split_results(results, ingested_at=run.started_at, run_id=run.run_id)
             app = f"dicom-lakehouse-ingest-{run.run_id}"
-            tables.append(good, BRONZE_INSTANCES, txn=(f"{app}-instances", index))
-            tables.append(bad, BRONZE_QUARANTINE, txn=(f"{app}-quarantine", index))
-            stats = (
-                results.groupBy("status", "reason")
-                .agg(F.count("*").alias("n"), F.sum("header_bytes_read").alias("bytes"))
-                .collect()
-            )
+            with summary.phase("write"), ThreadPoolExecutor(2) as pool:
+                writes = [
+                    pool.submit(
+                        tables.append, good, BRONZE_INSTANCES, txn=(f"{app}-instances", index)
+                    ),
+                    pool.submit(
+                        tables.append, bad, BRONZE_QUARANTINE, txn=(f"{app}-quarantine", index)
+                    ),
+                ]
+                for write in writes:
+                    write.result()
+            with summary.phase("stats"):
+                stats = (
+                    results.groupBy("status", "reason")
+                    .agg(F.count("*").alias("n"), F.sum("header_bytes_read").alias("bytes"))
+                    .collect()
+                )
         finally:
             results.unpersist()
         for row in stats:

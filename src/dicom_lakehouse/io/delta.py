@@ -69,12 +69,13 @@ class DeltaTables:
         *,
         partition_by: Sequence[str] = (),
         comment: str = "",
-    ) -> None:
-        """Create the table with ``schema`` and the explicit properties if missing."""
+    ) -> bool:
+        """Create the table with ``schema`` and the explicit properties if missing;
+        return whether this call created it (so it is known to be empty)."""
         from delta.tables import DeltaTable
 
         if self.exists(name):
-            return
+            return False
         builder = DeltaTable.createIfNotExists(self.spark)
         builder = (
             builder.location(self.ref(name)) if self.by_path else builder.tableName(self.ref(name))
@@ -91,7 +92,9 @@ class DeltaTables:
         except Exception as exc:  # a concurrent run may have created it first
             if not self.exists(name):
                 raise TableError(f"cannot create table {name}") from exc
+            return False
         logger.info("created table %s", name)
+        return True
 
     def read(self, name: str) -> DataFrame:
         reader = self.spark.read.format("delta")

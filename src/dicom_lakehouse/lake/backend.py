@@ -109,6 +109,11 @@ def _open_backend_cached(spec: BackendSpec) -> LakeBackend:
     if spec.scheme == "file":
         root = spec.root[len("file://") :] if spec.root.startswith("file://") else spec.root
         return LocalBackend(root)
+    if spec.scheme in ("abfss", "abfs", "https"):
+        # Imported here: the Azure SDKs load only for lakes that need them.
+        from dicom_lakehouse.lake.adls import AdlsBackend
+
+        return AdlsBackend.from_spec(spec)
     raise StorageError(f"no storage backend for scheme {spec.scheme!r}")
 
 
