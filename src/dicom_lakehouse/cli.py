@@ -20,7 +20,7 @@ from typing import Any
 from dicom_lakehouse.config import Settings, load_config
 from dicom_lakehouse.errors import DicomLakehouseError
 
-__all__ = ["ingest_task", "main"]
+__all__ = ["cohort_task", "ingest_task", "main", "refine_task"]
 
 logger = logging.getLogger("dicom_lakehouse.cli")
 
@@ -85,6 +85,40 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+_REFINE_KEYS = (
+    "instances",
+    "series",
+    "studies",
+    "patients",
+    "instances_changed",
+    "instances_deleted",
+    "studies_recomputed",
+    "ingest_runs_refined",
+    "study_conflicts",
+    "full",
+    "seconds",
+)
+_COHORT_KEYS = ("name", "version", "level", "studies", "series", "instances", "seconds")
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from dicom_lakehouse.refine import run_refine
+
+    summary = run_refine(_settings(args), full=args.full).as_dict()
+    _emit(summary, args.json, _REFINE_KEYS, "refine summary")
+    if summary.get("coerced") and not args.json:
+        print("  coerced: " + ", ".join(f"{k}={v}" for k, v in summary["coerced"].items()))
+    return 0
+
+
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from dicom_lakehouse.cohort import build_cohort
+
+    summary = build_cohort(_settings(args), args.name, args.where, level=args.level).as_dict()
+    _emit(summary, args.json, _COHORT_KEYS, f"cohort {args.name}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dicom_lakehouse.demo import run_demo
 
@@ -116,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="land new lake file versions in the bronze tables")
     common(ingest)
     ingest.set_defaults(func=cmd_ingest)
+
+    refine = sub.add_parser("refine", help="refine bronze into the typed silver tables")
+    common(refine)
+    refine.add_argument("--full", action="store_true", help="rebuild silver from bronze")
+    refine.set_defaults(func=cmd_refine)
+
+    cohort = sub.add_parser("cohort", help="build a named, versioned cohort from silver")
+    common(cohort)
+    cohort.add_argument("--name", required=True, help="cohort name (letters, digits, - _)")
+    cohort.add_argument(
+        "--where",
+        required=True,
+        metavar="SQL_PREDICATE",
+        help="Spark SQL predicate on the silver table of --level",
+    )
+    cohort.add_argument("--level", choices=("study", "series", "instance"), default="instance")
+    cohort.set_defaults(func=cmd_cohort)
 
     demo = sub.add_parser("demo", help="build a sample lake locally and ingest it")
     demo.add_argument("--dir", default=".demo", help="folder for the sample lake and tables")
@@ -155,3 +206,5 @@ def _task(command: str) -> Callable[[], None]:
 
 ingest_task = _task("ingest")
 """Databricks ``python_wheel_task`` entry: ``named_parameters: {config: ...}``."""
+refine_task = _task("refine")
+cohort_task = _task("cohort")

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,10 +21,12 @@ from dicom_lakehouse.errors import ConfigError
 from dicom_lakehouse.lake.layout import is_valid_partition_name
 
 __all__ = [
+    "DicomWebConfig",
     "IngestConfig",
     "LakeConfig",
     "MlflowConfig",
     "Settings",
+    "SilverConfig",
     "SparkConfig",
     "TablesConfig",
     "load_config",
@@ -108,6 +110,30 @@ class IngestConfig(_Model):
     )
 
 
+class SilverConfig(_Model):
+    """Refining bronze into the silver tables."""
+
+    zorder: bool = Field(default=True, description="Z-order by study_date, modality on rebuild")
+    compat_tables: bool = Field(
+        default=False,
+        description="Also write the Azure template's instance/series/study as Delta tables",
+    )
+
+
+class DicomWebConfig(_Model):
+    """A DICOMweb endpoint (the DICOM service or any standard server)."""
+
+    url: str
+    partition: str | None = None
+    auth: Literal["none", "basic", "entra"] = "none"
+    username: str | None = None
+    password_env: str | None = Field(default=None, description="Env var holding the password")
+    method: Literal["post", "put"] = "post"
+    partition_routes: bool = Field(
+        default=False, description="Build /partitions/{partition} retrieve URLs per row"
+    )
+
+
 class MlflowConfig(_Model):
     tracking_uri: str | None = None
     experiment: str = "dicom-lakehouse"
@@ -120,7 +146,9 @@ class Settings(_Model):
     tables: TablesConfig
     spark: SparkConfig = SparkConfig()
     ingest: IngestConfig = IngestConfig()
+    silver: SilverConfig = SilverConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    dicomweb: DicomWebConfig | None = None
 
 
 def _interpolate(value: Any, where: str) -> Any:

@@ -117,3 +117,29 @@ class DeltaTables:
         """Atomically replace the rows matching ``predicate`` with ``df``."""
         writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
         self._save(writer, name)
+
+    def merge_with_deletes(self, source: DataFrame, name: str, keys: Sequence[str]) -> None:
+        """Upsert ``source`` rows into ``name`` on ``keys``; rows whose ``_delete``
+        column is true delete their match instead (one Delta commit)."""
+        from delta.tables import DeltaTable
+
+        target = (
+            DeltaTable.forPath(self.spark, self.ref(name))
+            if self.by_path
+            else DeltaTable.forName(self.spark, self.ref(name))
+        )
+        columns = [c for c in source.columns if c != "_delete"]
+        condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+        assignments = {f"`{c}`": f"s.`{c}`" for c in columns}
+        (
+            target.alias("t")
+            .merge(source.alias("s"), condition)
+            .whenMatchedDelete(condition="s._delete")
+            .whenMatchedUpdate(condition="NOT s._delete", set=assignments)
+            .whenNotMatchedInsert(condition="NOT s._delete", values=assignments)
+            .execute()
+        )
+
+    def overwrite(self, df: DataFrame, name: str) -> None:
+        """Replace the table's rows (schema unchanged)."""
+        self._save(df.write.format("delta").mode("overwrite"), name)

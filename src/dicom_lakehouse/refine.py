@@ -1,0 +1,267 @@
+"""The refine job: bronze file versions -> typed, current silver tables.
+
+Incremental by default: only the studies touched by ingest runs that were not
+refined yet (new file versions, or files gone from the lake) are recomputed,
+and merged into silver in one commit per table (deleted instances leave
+silver). ``full=True`` rebuilds every silver table from bronze.
+
+Layout: silver tables are partitioned by ``partition_name`` (few values; every
+cohort query of a multi-tenant lake filters on it) and, on a rebuild,
+Z-ordered by ``study_date`` and ``modality``, the columns cohort filters use
+most; the filter columns lead the schema so Delta keeps statistics on them.
+Neither needs a table feature beyond reader 1 / writer 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from dicom_lakehouse.config import Settings
+from dicom_lakehouse.ingest import BRONZE_INSTANCES, INGEST_RUNS, LAKE_FILES, ensure_bronze_tables
+from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.spark import get_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = [
+    "REFINED_RUNS",
+    "SILVER_INSTANCES",
+    "SILVER_PATIENTS",
+    "SILVER_SERIES",
+    "SILVER_STUDIES",
+    "RefineSummary",
+    "run_refine",
+]
+
+logger = logging.getLogger(__name__)
+
+SILVER_INSTANCES = "silver_instances"
+SILVER_SERIES = "silver_series"
+SILVER_STUDIES = "silver_studies"
+SILVER_PATIENTS = "silver_patients"
+REFINED_RUNS = "refined_ingest_runs"
+
+_STUDY = ["partition_name", "study_instance_uid"]
+_KEYS = {
+    SILVER_INSTANCES: ["partition_name", "sop_instance_uid"],
+    SILVER_SERIES: ["partition_name", "study_instance_uid", "series_instance_uid"],
+    SILVER_STUDIES: _STUDY,
+    SILVER_PATIENTS: ["partition_name", "issuer_of_patient_id", "patient_id"],
+}
+
+
+@dataclass(slots=True)
+class RefineSummary:
+    """What one refine run did; ``as_dict`` is the CLI's JSON summary."""
+
+    run_id: str
+    full: bool = False
+    instances: int = 0
+    series: int = 0
+    studies: int = 0
+    patients: int = 0
+    instances_changed: int = 0
+    instances_deleted: int = 0
+    studies_recomputed: int = 0
+    ingest_runs_refined: int = 0
+    study_conflicts: int = 0
+    coerced: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _silver_frames(instances: DataFrame) -> dict[str, DataFrame]:
+    from dicom_lakehouse import silver
+
+    return {
+        SILVER_SERIES: silver.series_from_instances(instances),
+        SILVER_STUDIES: silver.studies_from_instances(instances),
+        SILVER_PATIENTS: silver.patients_from_instances(instances),
+    }
+
+
+def silver_schemas(spark: SparkSession) -> dict[str, Any]:
+    """Each silver table's schema, derived from the transforms themselves."""
+    from dicom_lakehouse import schemas, silver
+
+    empty = spark.createDataFrame([], schemas.BRONZE_INSTANCES)
+    files = spark.createDataFrame([], schemas.LAKE_FILES)
+    typed = silver.drop_raw(silver.typed_instances(silver.current_instances(empty, files)))
+    out = {SILVER_INSTANCES: typed.schema}
+    out.update({name: df.schema for name, df in _silver_frames(typed).items()})
+    return out
+
+
+def _ensure(spark: SparkSession, tables: DeltaTables) -> set[str]:
+    from pyspark.sql import types as T
+
+    created = set()
+    for name, schema in silver_schemas(spark).items():
+        if tables.ensure(name, schema, partition_by=["partition_name"]):
+            created.add(name)
+    runs = T.StructType(
+        [
+            T.StructField("run_id", T.StringType()),
+            T.StructField("refine_run_id", T.StringType()),
+            T.StructField("refined_at", T.TimestampType()),
+        ]
+    )
+    if tables.ensure(REFINED_RUNS, runs, comment="Ingest runs already refined into silver"):
+        created.add(REFINED_RUNS)
+    return created
+
+
+def run_refine(
+    settings: Settings,
+    spark: SparkSession | None = None,
+    *,
+    full: bool = False,
+    run_id: str | None = None,
+) -> RefineSummary:
+    """Refine bronze into silver (incrementally unless ``full``)."""
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse import silver
+
+    started = time.perf_counter()
+    spark = get_spark(settings.spark, spark)
+    tables = DeltaTables(spark, settings.tables)
+    summary = RefineSummary(run_id=run_id or uuid.uuid4().hex)
+    ensure_bronze_tables(tables)
+    created = _ensure(spark, tables)
+    full = full or SILVER_INSTANCES in created
+    summary.full = full
+
+    runs = tables.read(INGEST_RUNS).select("run_id").distinct()
+    done = tables.read(REFINED_RUNS).select("run_id")
+    new_runs = [r["run_id"] for r in runs.join(done, "run_id", "left_anti").collect()]
+    summary.ingest_runs_refined = len(new_runs)
+    bronze = tables.read(BRONZE_INSTANCES)
+    lake_files = tables.read(LAKE_FILES)
+
+    if full:
+        typed = silver.typed_instances(silver.current_instances(bronze, lake_files))
+        typed = typed.localCheckpoint(eager=True)
+        summary.coerced = silver.coercion_counts(typed)
+        instances = silver.drop_raw(typed)
+        tables.overwrite(instances, SILVER_INSTANCES)
+        summary.instances_changed = instances.count()
+        current = tables.read(SILVER_INSTANCES)
+        for name, df in _silver_frames(current).items():
+            tables.overwrite(df, name)
+        if settings.silver.zorder:
+            _zorder(spark, tables)
+    elif new_runs:
+        _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary)
+    if new_runs:
+        stamp = datetime.now(UTC)
+        rows = [(r, summary.run_id, stamp) for r in new_runs]
+        tables.append(
+            spark.createDataFrame(
+                rows, "run_id string, refine_run_id string, refined_at timestamp"
+            ),
+            REFINED_RUNS,
+        )
+    _count(tables, summary)
+    if settings.silver.compat_tables:
+        from dicom_lakehouse.compat import write_compat_tables
+
+        write_compat_tables(tables)
+    studies = tables.read(SILVER_STUDIES)
+    summary.study_conflicts = studies.where(F.col("attribute_conflicts") > 0).count()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _refine_incrementally(
+    spark: SparkSession,
+    tables: DeltaTables,
+    bronze: DataFrame,
+    lake_files: DataFrame,
+    new_runs: list[str],
+    summary: RefineSummary,
+) -> None:
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse import silver
+
+    version = ["file_path", "file_size", "last_modified", "etag"]
+    listed = lake_files.where(F.col("kind") == "instance").select(*version)
+    current_silver = tables.read(SILVER_INSTANCES)
+    touched = bronze.where(F.col("run_id").isin(new_runs)).select(*_STUDY)
+    gone = current_silver.join(
+        listed, [current_silver[c].eqNullSafe(listed[c]) for c in version], "left_anti"
+    ).select(*_STUDY)
+    affected = touched.unionByName(gone).distinct().localCheckpoint(eager=True)
+    summary.studies_recomputed = affected.count()
+    if not summary.studies_recomputed:
+        return
+    candidates = bronze.join(affected, _STUDY, "left_semi")
+    typed = silver.typed_instances(silver.current_instances(candidates, lake_files))
+    typed = typed.localCheckpoint(eager=True)
+    summary.coerced = silver.coercion_counts(typed)
+    fresh = silver.drop_raw(typed)
+    old = current_silver.join(affected, _STUDY, "left_semi")
+    tombstones = (
+        old.join(fresh, _KEYS[SILVER_INSTANCES], "left_anti")
+        .select(*[F.col(c) for c in fresh.columns])
+        .localCheckpoint(eager=True)
+    )
+    summary.instances_deleted = tombstones.count()
+    summary.instances_changed = fresh.count() + summary.instances_deleted
+    source = fresh.withColumn("_delete", F.lit(False)).unionByName(
+        tombstones.withColumn("_delete", F.lit(True))
+    )
+    # patients of the affected studies, before and after, are recomputed too
+    patients_before = old.select(*_KEYS[SILVER_PATIENTS]).distinct().localCheckpoint(eager=True)
+    tables.merge_with_deletes(source, SILVER_INSTANCES, _KEYS[SILVER_INSTANCES])
+    after = tables.read(SILVER_INSTANCES)
+    in_studies = after.join(affected, _STUDY, "left_semi")
+    patient_keys = (
+        in_studies.select(*_KEYS[SILVER_PATIENTS]).unionByName(patients_before).distinct()
+    )
+    scopes = {
+        SILVER_SERIES: (in_studies, affected, _STUDY),
+        SILVER_STUDIES: (in_studies, affected, _STUDY),
+        SILVER_PATIENTS: (
+            after.join(patient_keys, _KEYS[SILVER_PATIENTS], "left_semi"),
+            patient_keys,
+            _KEYS[SILVER_PATIENTS],
+        ),
+    }
+    for name, (rows, scope, scope_keys) in scopes.items():
+        fresh_rows = _silver_frames(rows)[name].localCheckpoint(eager=True)
+        existing = tables.read(name).join(scope, scope_keys, "left_semi")
+        stale = existing.join(fresh_rows, _KEYS[name], "left_anti").select(*fresh_rows.columns)
+        merged = fresh_rows.withColumn("_delete", F.lit(False)).unionByName(
+            stale.withColumn("_delete", F.lit(True))
+        )
+        tables.merge_with_deletes(merged, name, _KEYS[name])
+
+
+def _zorder(spark: SparkSession, tables: DeltaTables) -> None:
+    from delta.tables import DeltaTable
+
+    for name in (SILVER_INSTANCES, SILVER_SERIES, SILVER_STUDIES):
+        table = (
+            DeltaTable.forPath(spark, tables.ref(name))
+            if tables.by_path
+            else DeltaTable.forName(spark, tables.ref(name))
+        )
+        columns = ["study_date", "modality"] if name != SILVER_STUDIES else ["study_date"]
+        table.optimize().executeZOrderBy(*columns)
+
+
+def _count(tables: DeltaTables, summary: RefineSummary) -> None:
+    summary.instances = tables.read(SILVER_INSTANCES).count()
+    summary.series = tables.read(SILVER_SERIES).count()
+    summary.studies = tables.read(SILVER_STUDIES).count()
+    summary.patients = tables.read(SILVER_PATIENTS).count()

@@ -1,0 +1,64 @@
+"""MLflow tracking for the jobs: params (never PHI or secrets), metrics, datasets."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from dicom_lakehouse.config import Settings
+from dicom_lakehouse.io.delta import DeltaTables
+
+if TYPE_CHECKING:
+    from dicom_lakehouse.cohort import CohortSummary
+
+__all__ = ["log_cohort"]
+
+logger = logging.getLogger(__name__)
+
+
+def log_cohort(
+    settings: Settings, tables: DeltaTables, summary: CohortSummary, predicate_sha256: str
+) -> str:
+    """Log a cohort build as an MLflow run with the cohort as an input dataset."""
+    import mlflow
+    from pyspark.sql import functions as F
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_experiment(settings.mlflow.experiment)
+    members = tables.read("cohorts").where(
+        (F.col("cohort_name") == summary.name) & (F.col("cohort_version") == summary.version)
+    )
+    dataset = mlflow.data.from_spark(
+        members.select(
+            "partition_name",
+            "study_instance_uid",
+            "series_instance_uid",
+            "sop_instance_uid",
+            "file_path",
+        ),
+        path=tables.ref("cohorts") if tables.by_path else None,
+        table_name=None if tables.by_path else tables.ref("cohorts"),
+        name=f"{summary.name}@v{summary.version}",
+    )
+    with mlflow.start_run(run_name=f"cohort-{summary.name}-v{summary.version}") as run:
+        mlflow.log_params(
+            {
+                "job": "cohort",
+                "cohort_name": summary.name,
+                "cohort_version": summary.version,
+                "level": summary.level,
+                "predicate_sha256": predicate_sha256,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "studies": summary.studies,
+                "series": summary.series,
+                "instances": summary.instances,
+            }
+        )
+        mlflow.log_input(dataset, context="cohort")
+        logger.info(
+            "logged cohort %s v%s to MLflow run %s", summary.name, summary.version, run.info.run_id
+        )
+        return str(run.info.run_id)

@@ -1,0 +1,274 @@
+"""Silver refine, cohorts and compatibility views on a real local Spark + Delta."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_lakehouse.cohort import CohortError, build_cohort, read_cohort
+from dicom_lakehouse.compat import register_compat_views
+from dicom_lakehouse.ingest import run_ingest
+from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.lake.layout import instance_file_name
+from dicom_lakehouse.refine import run_refine
+from dicom_lakehouse.testing import build_sample_lake
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def refined(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("silver")
+    lake = build_sample_lake(root / "lake", studies_per_partition=3)
+    settings = settings_for(root / "lake", root / "tables")
+    run_ingest(settings, spark)
+    summary = run_refine(settings, spark)
+    return lake, settings, summary, DeltaTables(spark, settings.tables), root
+
+
+def test_first_refine_is_a_full_build_with_one_row_per_current_instance(refined) -> None:  # type: ignore[no-untyped-def]
+    lake, _, summary, tables = refined[:4]
+    assert summary.full
+    rows = tables.read("silver_instances").collect()
+    keys = [(r["partition_name"], r["sop_instance_uid"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    expected = {(f.partition_name, f.sop_instance_uid): f for f in lake.current_instances}
+    assert set(keys) == set(expected)
+    for row in rows:
+        assert row["file_path"] == expected[(row["partition_name"], row["sop_instance_uid"])].path
+    assert summary.instances == len(rows)
+
+
+def test_latest_watermark_wins_and_history_stays_in_bronze(refined) -> None:  # type: ignore[no-untyped-def]
+    lake, _, _, tables = refined[:4]
+    original = next(f for f in lake.instances if not f.is_current)
+    silver_rows = tables.read("silver_instances").where(
+        f"sop_instance_uid = '{original.sop_instance_uid}'"
+        f" AND partition_name = '{original.partition_name}'").collect()
+    assert len(silver_rows) == 1
+    assert silver_rows[0]["watermark"] > original.watermark
+    assert silver_rows[0]["is_updated_version"] is True
+    assert silver_rows[0]["versions"] == 2
+    bronze = tables.read("bronze_instances").where(f"file_path = '{original.path}'").count()
+    assert bronze == 1
+
+
+def test_series_and_study_counts_agree_with_instances(refined) -> None:  # type: ignore[no-untyped-def]
+    _, _, summary, tables = refined[:4]
+    inst = tables.read("silver_instances")
+    series = tables.read("silver_series")
+    studies = tables.read("silver_studies")
+    assert series.groupBy().sum("instance_count").first()[0] == inst.count()
+    assert studies.groupBy().sum("instance_count").first()[0] == inst.count()
+    per_study = {
+        (r["partition_name"], r["study_instance_uid"]): r["n"]
+        for r in inst.groupBy("partition_name", "study_instance_uid")
+        .agg({"series_instance_uid": "approx_count_distinct"})
+        .withColumnRenamed("approx_count_distinct(series_instance_uid)", "n").collect()
+    }
+    for row in studies.collect():
+        assert row["series_count"] == per_study[(row["partition_name"], row["study_instance_uid"])]
+    assert summary.series == series.count() and summary.studies == studies.count()
+
+
+def test_typed_columns_match_the_headers(refined) -> None:  # type: ignore[no-untyped-def]
+    lake, _, _, tables = refined[:4]
+    by_sop = {r["sop_instance_uid"]: r for r in tables.read("silver_instances").collect()}
+    checked = 0
+    for f in lake.current_instances:
+        ds = pydicom.dcmread(lake.root / f.path, stop_before_pixels=True, force=True)
+        row = by_sop[f.sop_instance_uid]
+        if "SliceThickness" in ds and ds.SliceThickness not in (None, ""):
+            assert row["slice_thickness"] == pytest.approx(float(ds.SliceThickness))
+            checked += 1
+        if ds.get("StudyDate") and len(ds.StudyDate) == 8:
+            assert row["study_date"].strftime("%Y%m%d") == ds.StudyDate
+        if ds.get("PatientName") and "^" in str(ds.PatientName):
+            assert row["patient_family_name"] == ds.PatientName.family_name
+    assert checked > 5
+
+
+def test_bad_values_become_null_and_are_counted(spark) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse import silver
+
+    df = spark.createDataFrame(
+        [("20231301", "1.25\\1.25", "", "Ünal^Özge", "1200", "057Y"),
+         ("20240229", "1.25", "12", "Yamada^Tarou=山田^太郎", "2575.5", "ABC"),
+         ("", None, "99", "", "25", None)],
+        "da string, ds string, tm string, pn string, tm2 string, age string",
+    )
+    out = df.select(
+        silver.parse_da(F.col("da")).alias("da"),
+        silver.to_double(F.col("ds")).alias("ds"),
+        silver.parse_tm(F.col("tm")).alias("tm"),
+        silver.pn_component(F.col("pn"), 0).alias("family"),
+        silver.parse_tm(F.col("tm2")).alias("tm2"),
+        silver.age_years(F.col("age"), F.lit(None).cast("date"), F.lit(None).cast("date"))
+        .alias("age"),
+    ).collect()
+    assert [r["da"] for r in out] == [None, __import__("datetime").date(2024, 2, 29), None]
+    assert [r["ds"] for r in out] == [None, 1.25, None]  # multi-valued DS is not one number
+    assert [r["tm"] for r in out] == [None, "12:00:00", None]
+    assert [r["family"] for r in out] == ["Ünal", "Yamada", None]
+    assert [r["tm2"] for r in out] == ["12:00:00", None, None]  # 25 h is no time
+    assert [r["age"] for r in out] == [57.0, None, None]
+
+
+def _add_instance(lake_root: Path, template: Path, partition: str, watermark: int,
+                  sop: str) -> Path:
+    ds = pydicom.dcmread(template)
+    ds.SOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    folder = lake_root / "AHDS/ws1/dicom/svc1" / partition
+    path = folder / instance_file_name(watermark)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_incremental_refine_touches_only_changed_studies_and_deletes_propagate(
+    spark, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    run_ingest(settings, spark)
+    first = run_refine(settings, spark)
+    tables = DeltaTables(spark, settings.tables)
+    # one new instance in an existing study
+    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    new_sop = pydicom.uid.generate_uid(entropy_srcs=["incremental-test"])
+    _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
+    run_ingest(settings, spark)
+    second = run_refine(settings, spark)
+    assert not second.full
+    assert second.studies_recomputed == 1
+    assert second.instances == first.instances + 1
+    assert tables.read("silver_instances").where(f"sop_instance_uid = '{new_sop}'").count() == 1
+    study = tables.read("silver_studies").where(
+        f"study_instance_uid = '{target.study_instance_uid}'").first()
+    assert study["instance_count"] == sum(
+        1 for f in lake.current_instances if f.study_instance_uid == target.study_instance_uid
+    ) + 1
+    # delete every file of another study
+    victim = next(f for f in lake.current_instances
+                  if f.study_instance_uid != target.study_instance_uid)
+    gone = [f for f in lake.instances if f.study_instance_uid == victim.study_instance_uid]
+    for f in gone:
+        (lake.root / f.path).unlink()
+    run_ingest(settings, spark)
+    third = run_refine(settings, spark)
+    assert third.instances_deleted == len({f.sop_instance_uid for f in gone})
+    assert tables.read("silver_instances").where(
+        f"study_instance_uid = '{victim.study_instance_uid}'").count() == 0
+    assert tables.read("silver_studies").where(
+        f"study_instance_uid = '{victim.study_instance_uid}'").count() == 0
+    assert tables.read("silver_series").groupBy().sum("instance_count").first()[0] == (
+        tables.read("silver_instances").count())
+    # nothing new: nothing recomputed
+    fourth = run_refine(settings, spark)
+    assert fourth.ingest_runs_refined == 0 and fourth.instances_changed == 0
+    shutil.rmtree(tmp_path / "tables", ignore_errors=True)
+
+
+def test_cohort_matches_an_independent_count(refined) -> None:  # type: ignore[no-untyped-def]
+    lake, settings, _, _, _ = refined
+    where = ("modality = 'CT' AND patient_sex = 'F' AND patient_age_years BETWEEN 50 AND 70 "
+             "AND slice_thickness <= 1.25")
+    summary = build_cohort(settings, "ct_women", where, level="instance")
+    expected = set()
+    for f in lake.current_instances:
+        ds = pydicom.dcmread(lake.root / f.path, stop_before_pixels=True, force=True)
+        age = ds.get("PatientAge", "")
+        if (ds.get("Modality") == "CT" and ds.get("PatientSex") == "F" and age.endswith("Y")
+                and 50 <= int(age[:-1]) <= 70 and ds.get("SliceThickness") is not None
+                and float(ds.SliceThickness) <= 1.25):
+            expected.add(f.sop_instance_uid)
+    assert expected, "the sample lake must hold matching instances"
+    members = read_cohort(settings, "ct_women").collect()
+    assert {r["sop_instance_uid"] for r in members} == expected
+    assert summary.instances == len(expected)
+    assert summary.version == 1
+    again = build_cohort(settings, "ct_women", where, level="instance")
+    assert again.version == 2 and again.instances == summary.instances
+
+
+def test_study_level_cohort_holds_whole_studies(refined) -> None:  # type: ignore[no-untyped-def]
+    _, settings, _, tables, _ = refined
+    summary = build_cohort(settings, "mr_studies", "modalities LIKE '%MR%'", level="study")
+    studies = {(r["partition_name"], r["study_instance_uid"]) for r in
+               tables.read("silver_studies").where("modalities LIKE '%MR%'").collect()}
+    members = read_cohort(settings, "mr_studies").collect()
+    assert {(r["partition_name"], r["study_instance_uid"]) for r in members} == studies
+    instances = [r for r in tables.read("silver_instances").collect()
+                 if (r["partition_name"], r["study_instance_uid"]) in studies]
+    assert summary.instances == len(instances) and summary.studies == len(studies)
+
+
+@pytest.mark.parametrize(("where", "needle"), [
+    ("no_such_column = 1", "no_such_column"),
+    ("modality = ", "invalid cohort predicate"),
+])
+def test_bad_predicate_is_a_clear_error(refined, where: str, needle: str) -> None:  # type: ignore[no-untyped-def]
+    _, settings, _, _, _ = refined
+    with pytest.raises(CohortError) as err:
+        build_cohort(settings, "bad", where)
+    message = str(err.value)
+    assert needle in message
+    assert "\n" not in message and "at org.apache" not in message
+
+
+def test_cohort_retrieve_urls_with_a_dicomweb_endpoint(refined) -> None:  # type: ignore[no-untyped-def]
+    _, settings, _, _, _ = refined
+    with_web = settings.model_copy(update={"dicomweb": __import__(
+        "dicom_lakehouse.config", fromlist=["DicomWebConfig"]).DicomWebConfig(
+        url="https://ws1-svc1.dicom.azurehealthcareapis.com/v2", partition_routes=True)})
+    build_cohort(with_web, "urls", "modality = 'MR'")
+    row = read_cohort(settings, "urls").first()
+    assert row["retrieve_url"] == (
+        f"https://ws1-svc1.dicom.azurehealthcareapis.com/v2/partitions/{row['partition_name']}"
+        f"/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
+        f"/instances/{row['sop_instance_uid']}")
+
+
+def test_compat_views_answer_the_template_queries(spark, refined) -> None:  # type: ignore[no-untyped-def]
+    _, _, summary, tables, _ = refined
+    register_compat_views(spark, tables)
+    assert spark.sql("SELECT * FROM instance").count() == summary.instances
+    rows = spark.sql("SELECT sopInstanceUid, filePath FROM instance").collect()
+    assert all(r["filePath"].startswith("AHDS/ws1/dicom/svc1/") for r in rows)
+    for view, extra in (("series", "instanceCount"), ("study", "seriesCount")):
+        columns = spark.sql(f"SELECT * FROM {view}").columns
+        for col in ("partitionName", "studyInstanceUid", "lastModifiedTimestamp", "studyDate",
+                    "studyDescription", "issuerOfPatientId", "patientId", "patientName",
+                    "modality", extra):
+            assert col in columns, (view, col)
+    total = spark.sql("SELECT sum(instanceCount) FROM study").first()[0]
+    assert total == summary.instances
+    assert dict(spark.sql("SELECT * FROM instance").dtypes)["studyDate"] == "date"
+
+
+def test_cohort_is_logged_to_mlflow_without_the_predicate(refined, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import mlflow
+
+    _, settings, _, _, _ = refined
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracked = settings.model_copy(update={"mlflow": settings.mlflow.model_copy(
+        update={"tracking_uri": uri})})
+    where = "patient_id = 'PHI-LIKE-ID' OR modality = 'CT'"
+    summary = build_cohort(tracked, "tracked", where)
+    assert summary.mlflow_run_id
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.get_run(summary.mlflow_run_id)
+    assert "PHI-LIKE-ID" not in json.dumps(run.data.params)
+    assert run.data.metrics["instances"] == summary.instances
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "tracked@v1"
