@@ -16,13 +16,14 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[spark,mlflow,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[spark,mlflow,derive,dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the package (editable) and the local extras
 
-services: ## Install the servers the tests start (Orthanc from apt)
+services: ## Install the servers and tools the tests use (Orthanc, dicom3tools from apt)
 	bash scripts/install-orthanc.sh
+	bash scripts/install-dicom3tools.sh
 
 demo: install ## Build the sample lake in $(DEMO_DIR), ingest it, show what landed
 	$(BIN)/dicom-lakehouse demo --dir $(DEMO_DIR)

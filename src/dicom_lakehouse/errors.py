@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DeriveError",
     "DicomLakehouseError",
     "DicomParseError",
     "DicomWebAuthError",
@@ -113,3 +114,17 @@ class StorageArchivedError(StorageError):
     """The file sits in the Archive tier and cannot be read (quarantine reason ``archived``)."""
 
     quarantine_reason = "archived"
+
+
+class DeriveError(DicomLakehouseError):
+    """A derived object (secondary capture, segmentation) cannot be made from a series.
+
+    ``reason`` is a short stable code (``empty_series``, ``not_an_image``,
+    ``undecodable_pixels``, ``model_failed``, ...) for the caller's result table; the
+    message names attributes, SOP classes and transfer syntaxes, never header values.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
