@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from dicom_lakehouse.columns import COHORT_COLUMNS
 from dicom_lakehouse.config import DicomWebConfig, Settings
 from dicom_lakehouse.errors import ConfigError
 from dicom_lakehouse.io.delta import DeltaTables
@@ -51,15 +52,10 @@ _LEVEL_KEYS = {
     "series": ["partition_name", "study_instance_uid", "series_instance_uid"],
     "instance": ["partition_name", "sop_instance_uid"],
 }
-_MEMBER_COLUMNS = (
-    "partition_name",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "modality",
-    "file_path",
-    "watermark",
+_MEMBER_COLUMNS = tuple(
+    c.name
+    for c in COHORT_COLUMNS
+    if c.name not in ("cohort_name", "cohort_version", "retrieve_url", "created_at")
 )
 
 
@@ -80,20 +76,6 @@ class CohortSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _cohort_schemas() -> tuple[str, str]:
-    members = (
-        "cohort_name string, cohort_version int, "
-        + ", ".join(f"{c} {'long' if c == 'watermark' else 'string'}" for c in _MEMBER_COLUMNS)
-        + ", retrieve_url string, created_at timestamp"
-    )
-    definitions = (
-        "cohort_name string, cohort_version int, level string, predicate string, "
-        "predicate_sha256 string, studies long, series long, instances long, "
-        "silver_version long, created_at timestamp"
-    )
-    return members, definitions
 
 
 def _validated(df: DataFrame, where: str) -> DataFrame:
@@ -153,11 +135,10 @@ def build_cohort(
     tables = DeltaTables(spark, settings.tables)
     if not tables.exists("silver_instances"):
         raise CohortError("no silver tables yet: run `dicom-lakehouse refine` first")
-    members_ddl, definitions_ddl = _cohort_schemas()
-    from pyspark.sql.types import _parse_datatype_string
+    from dicom_lakehouse import schemas
 
-    tables.ensure(COHORTS, _parse_datatype_string(members_ddl), partition_by=["cohort_name"])
-    tables.ensure(COHORT_DEFINITIONS, _parse_datatype_string(definitions_ddl))
+    tables.ensure(COHORTS, schemas.COHORTS, partition_by=["cohort_name"])
+    tables.ensure(COHORT_DEFINITIONS, schemas.COHORT_DEFINITIONS)
 
     chosen = _validated(tables.read(_LEVEL_TABLE[level]), where).select(*_LEVEL_KEYS[level])
     instances = tables.read("silver_instances")
@@ -200,7 +181,7 @@ def build_cohort(
                 created,
             )
         ],
-        _parse_datatype_string(definitions_ddl),
+        schemas.COHORT_DEFINITIONS,
     )
     tables.append(definition, COHORT_DEFINITIONS)
     summary = CohortSummary(

@@ -14,6 +14,8 @@ import pyarrow as pa
 __all__ = [
     "BRONZE_INSTANCE_COLUMNS",
     "BRONZE_QUARANTINE_COLUMNS",
+    "COHORT_COLUMNS",
+    "COHORT_DEFINITION_COLUMNS",
     "HEADER_RESULT_COLUMNS",
     "INGEST_RUNS_COLUMNS",
     "KEY_TAGS",
@@ -161,4 +163,32 @@ INGEST_RUNS_COLUMNS: tuple[Column, ...] = (
     Column("listing_fingerprint", "string", "Sum of XXH64 of every listed file's version"),
     Column("retryable_pending", "long", "Files quarantined for a reason worth retrying"),
     Column("summary_json", "string", "The run's JSON summary"),
+)
+
+COHORT_COLUMNS: tuple[Column, ...] = (
+    Column("cohort_name", "string"),
+    Column("cohort_version", "int"),
+    Column("partition_name", "string"),
+    Column("study_instance_uid", "string"),
+    Column("series_instance_uid", "string"),
+    Column("sop_instance_uid", "string"),
+    Column("sop_class_uid", "string"),
+    Column("modality", "string"),
+    Column("file_path", "string"),
+    Column("watermark", "long"),
+    Column("retrieve_url", "string", "WADO-RS URL when a DICOMweb endpoint is configured"),
+    Column("created_at", "timestamp"),
+)
+
+COHORT_DEFINITION_COLUMNS: tuple[Column, ...] = (
+    Column("cohort_name", "string"),
+    Column("cohort_version", "int"),
+    Column("level", "string", "study, series or instance"),
+    Column("predicate", "string", "The SQL predicate (may name patients: not sent to MLflow)"),
+    Column("predicate_sha256", "string"),
+    Column("studies", "long"),
+    Column("series", "long"),
+    Column("instances", "long"),
+    Column("silver_version", "long", "Delta version of silver_instances the cohort read"),
+    Column("created_at", "timestamp"),
 )

@@ -25,7 +25,7 @@ from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 
 from dicom_lakehouse.dicom.jsonmodel import dataset_to_json, sanitize_non_finite
-from dicom_lakehouse.errors import DicomParseError
+from dicom_lakehouse.errors import DicomParseError, StorageError
 
 __all__ = [
     "UPDATED_IMPLEMENTATION_CLASS_UID",
@@ -231,8 +231,8 @@ def read_header(
             file_meta = dataset_to_json(ds.file_meta, bulk_uri, threshold=bulk_threshold)
         except HeaderTooLargeError as exc:
             raise DicomParseError("header_too_large", str(exc)) from exc
-        except DicomParseError:
-            raise
+        except (DicomParseError, StorageError):
+            raise  # storage outcomes (vanished, archived, ...) are the caller's to classify
         except Exception as exc:  # pydicom raises many types on bad bytes
             if forced:
                 raise DicomParseError("not_dicom", "no DICM prefix and no dataset") from exc

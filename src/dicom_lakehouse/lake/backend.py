@@ -44,35 +44,18 @@ class FileInfo:
 class LakeBackend(Protocol):
     """What the walker and the header reader need from a store."""
 
-    def _scan(self, base: str, shard: str | None, digits: int) -> Iterator[FileInfo]:
-        try:
-            with os.scandir(self._abs(base)) as entries:
-                for entry in entries:
-                    if shard is not None and shard_key(entry.name, digits) != shard:
-                        continue  # filter on the name before paying for a stat
-                    try:
-                        yield self._info(f"{base}/{entry.name}" if base else entry.name, entry)
-                    except FileNotFoundError:
-                        continue  # vanished between readdir and stat
-        except FileNotFoundError as exc:
-            raise StorageNotFoundError("folder not found") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot list a folder: {exc.strerror}") from exc
-
     def list_dir(self, prefix: str) -> Iterator[FileInfo]:
-        return self._scan(prefix.rstrip("/"), None, 0)
+        """Entries directly under folder ``prefix`` (files and folders, not recursive)."""
+        ...
 
     def list_tree(self, prefix: str, shard: str, digits: int) -> Iterator[FileInfo]:
-        stack: list[tuple[str, str | None]] = [
-            (prefix.rstrip("/"), (shard or REST_SHARD) if digits > 0 else None)
-        ]
-        while stack:
-            folder, only = stack.pop()
-            for info in self._scan(folder, only, digits):
-                if info.is_dir:
-                    stack.append((info.path, None))
-                else:
-                    yield info
+        """Every entry below folder ``prefix``, recursively, whose first segment
+        below ``prefix`` falls in listing shard ``shard`` (see ``layout.shard_key``).
+
+        Folder entries that a flat listing reports (``hdi_isfolder``) come back
+        with ``is_dir=True``; the walker skips and counts them.
+        """
+        ...
 
     def read_range(self, path: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset+length)`` of ``path`` (fewer at the end of the file).
@@ -142,36 +125,33 @@ class LocalBackend:
             return FileInfo(rel, 0, _timestamp(stat.st_mtime), None, is_dir=True)
         return FileInfo(rel, stat.st_size, _timestamp(stat.st_mtime), _etag(stat))
 
-    def list_dir(self, prefix: str) -> Iterator[FileInfo]:
-        base = prefix.rstrip("/")
+    def _scan(self, base: str, shard: str | None, digits: int) -> Iterator[FileInfo]:
         try:
             with os.scandir(self._abs(base)) as entries:
                 for entry in entries:
+                    if shard is not None and shard_key(entry.name, digits) != shard:
+                        continue  # filter on the name before paying for a stat
                     try:
                         yield self._info(f"{base}/{entry.name}" if base else entry.name, entry)
                     except FileNotFoundError:
                         continue  # vanished between readdir and stat
         except FileNotFoundError as exc:
-            raise StorageNotFoundError(f"folder not found: {base}") from exc
+            raise StorageNotFoundError("folder not found") from exc
         except OSError as exc:
-            raise StorageError(f"cannot list {base}: {exc.strerror}") from exc
+            raise StorageError(f"cannot list a folder: {exc.strerror}") from exc
+
+    def list_dir(self, prefix: str) -> Iterator[FileInfo]:
+        return self._scan(prefix.rstrip("/"), None, 0)
 
     def list_tree(self, prefix: str, shard: str, digits: int) -> Iterator[FileInfo]:
-        base = prefix.rstrip("/")
-        stack: list[str] = []
-        for info in self.list_dir(base):
-            name = info.path.rsplit("/", 1)[-1]
-            if digits > 0 and shard_key(name, digits) != (shard or REST_SHARD):
-                continue
-            if info.is_dir:
-                stack.append(info.path)
-            else:
-                yield info
+        stack: list[tuple[str, str | None]] = [
+            (prefix.rstrip("/"), (shard or REST_SHARD) if digits > 0 else None)
+        ]
         while stack:
-            folder = stack.pop()
-            for info in self.list_dir(folder):
+            folder, only = stack.pop()
+            for info in self._scan(folder, only, digits):
                 if info.is_dir:
-                    stack.append(info.path)
+                    stack.append((info.path, None))
                 else:
                     yield info
 
