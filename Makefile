@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with the package (editable) and the local extras
 
-services: ## Install the servers and tools the tests use (Orthanc, dicom3tools from apt)
+services: ## Install the servers and tools the tests use (Orthanc, dicom3tools, Azurite, Toxiproxy)
 	bash scripts/install-orthanc.sh
 	bash scripts/install-dicom3tools.sh
+	bash scripts/install-azurite.sh
+	bash scripts/install-toxiproxy.sh
 
 demo: install ## Build the sample lake in $(DEMO_DIR), ingest it, show what landed
 	$(BIN)/dicom-lakehouse demo --dir $(DEMO_DIR)

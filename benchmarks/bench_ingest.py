@@ -30,12 +30,14 @@ from dicom_lakehouse.testing.sample_lake import build_ct_lake, build_listing_lak
 
 
 def _settings(lake: Path, tables: Path, **ingest: Any):  # type: ignore[no-untyped-def]
-    return settings_from_mapping({
-        "lake": {"root": str(lake), "workspace": "ws1", "service": "svc1"},
-        "tables": {"location": str(tables)},
-        "spark": {"master": "local[2]"},
-        "ingest": ingest,
-    })
+    return settings_from_mapping(
+        {
+            "lake": {"root": str(lake), "workspace": "ws1", "service": "svc1"},
+            "tables": {"location": str(tables)},
+            "spark": {"master": "local[2]"},
+            "ingest": ingest,
+        }
+    )
 
 
 def baseline(spark, lake: Path, tables: Path) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -86,8 +88,7 @@ def listing_growth(sizes: list[int], work: Path, spark) -> list[dict[str, float]
         ).count()
         seconds = time.perf_counter() - started
         assert count == n, (count, n)
-        out.append({"files": n, "seconds": round(seconds, 3),
-                    "files_per_s": round(n / seconds)})
+        out.append({"files": n, "seconds": round(seconds, 3), "files_per_s": round(n / seconds)})
         shutil.rmtree(root)
     return out
 
@@ -101,9 +102,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="dl-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    spark = local_spark(
-        **{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "4g"}
-    )
+    spark = local_spark(**{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "4g"})
     try:
         # warm up the JVM and Python workers on a small lake, so neither side pays it
         build_sample_lake(work / "warm")
@@ -111,10 +110,12 @@ def main() -> int:
         baseline(spark, work / "warm", work / "warm-tables")
 
         t = time.perf_counter()
-        lake = build_ct_lake(work / "ct", n_instances=args.instances, rows=args.size,
-                             columns=args.size)
-        print(f"built {len(lake.files)} CT files in {time.perf_counter() - t:.1f}s",
-              file=sys.stderr)
+        lake = build_ct_lake(
+            work / "ct", n_instances=args.instances, rows=args.size, columns=args.size
+        )
+        print(
+            f"built {len(lake.files)} CT files in {time.perf_counter() - t:.1f}s", file=sys.stderr
+        )
         base = baseline(spark, work / "ct", work / "tables")
         first = run_ingest(_settings(work / "ct", work / "tables"), spark)
         rerun = run_ingest(_settings(work / "ct", work / "tables"), spark)
@@ -141,8 +142,15 @@ def main() -> int:
         "listing": growth,
     }
     print(f"{'figure':28} value")
-    for key in ("baseline_files_per_s", "ours_files_per_s", "throughput_ratio",
-                "bytes_read_fraction", "ours_seconds", "rerun_seconds", "rerun_fraction"):
+    for key in (
+        "baseline_files_per_s",
+        "ours_files_per_s",
+        "throughput_ratio",
+        "bytes_read_fraction",
+        "ours_seconds",
+        "rerun_seconds",
+        "rerun_fraction",
+    ):
         print(f"{key:28} {figures[key]}")
     for row in growth:
         print(f"{'listing ' + str(row['files']):28} {row['seconds']}s ({row['files_per_s']}/s)")

@@ -78,18 +78,25 @@ def main() -> int:
     studies = max(1, args.instances // (2 * per_study))
     started = time.perf_counter()
     lake = build_sample_lake(
-        work / "lake", studies_per_partition=studies, series_per_study=2, instances_per_series=5,
-        image_size=16, include_testdata=False, include_broken=False, include_update=False,
+        work / "lake",
+        studies_per_partition=studies,
+        series_per_study=2,
+        instances_per_series=5,
+        image_size=16,
+        include_testdata=False,
+        include_broken=False,
+        include_update=False,
         include_legacy=False,
     )
-    print(f"built {len(lake.files)} files in {time.perf_counter() - started:.0f}s",
-          file=sys.stderr)
-    settings = settings_from_mapping({
-        "lake": {"root": str(work / "lake"), "workspace": "ws1", "service": "svc1"},
-        "tables": {"location": str(work / "tables")},
-        "spark": {"master": "local[2]"},
-        "silver": {"zorder": True},
-    })
+    print(f"built {len(lake.files)} files in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    settings = settings_from_mapping(
+        {
+            "lake": {"root": str(work / "lake"), "workspace": "ws1", "service": "svc1"},
+            "tables": {"location": str(work / "tables")},
+            "spark": {"master": "local[2]"},
+            "silver": {"zorder": True},
+        }
+    )
     spark = local_spark(**{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "6g"})
     try:
         ingest = run_ingest(settings, spark)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.services.orthanc"]
+pytest_plugins = ["tests.services.orthanc", "tests.services.azurite"]
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Spark's Python workers inherit the environment of the JVM, which starts once per
+# session: secrets the executors need in tests are set here, before it starts.
+os.environ.setdefault("ORTHANC_TEST_PASSWORD", secrets.token_urlsafe(16))
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
 
 

@@ -124,11 +124,14 @@ def test_file_shorter_than_listed_is_truncated() -> None:
     assert err.value.reason == "truncated_header"
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    (b"", "empty_file"),
-    (b"hello, this is not DICOM at all\n" * 20, "not_dicom"),
-    (b"\x00" * 128 + b"DICX" + b"\x00" * 64, "not_dicom"),
-])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty_file"),
+        (b"hello, this is not DICOM at all\n" * 20, "not_dicom"),
+        (b"\x00" * 128 + b"DICX" + b"\x00" * 64, "not_dicom"),
+    ],
+)
 def test_bad_content_reasons(content: bytes, reason: str) -> None:
     with pytest.raises(DicomParseError) as err:
         read_header(_reader(content), len(content), path="x")

@@ -53,7 +53,10 @@ def test_bronze_rows_carry_the_headers_uids(ingested) -> None:  # type: ignore[n
     for f in lake.instances:
         row = rows[f.path]
         assert (row["study_instance_uid"], row["series_instance_uid"], row["sop_instance_uid"]) == (
-            f.study_instance_uid, f.series_instance_uid, f.sop_instance_uid)
+            f.study_instance_uid,
+            f.series_instance_uid,
+            f.sop_instance_uid,
+        )
         assert row["partition_name"] == f.partition_name
         assert row["watermark"] == f.watermark
         assert row["run_id"] == "run-1"
@@ -77,8 +80,11 @@ def test_bulk_update_keeps_both_versions(ingested) -> None:  # type: ignore[no-u
     originals = [f for f in lake.instances if not f.is_current]
     assert originals
     for f in originals:
-        versions = df.where(df.sop_instance_uid == f.sop_instance_uid).where(
-            df.partition_name == f.partition_name).collect()
+        versions = (
+            df.where(df.sop_instance_uid == f.sop_instance_uid)
+            .where(df.partition_name == f.partition_name)
+            .collect()
+        )
         assert len(versions) == 2
         newest = max(versions, key=lambda r: r["watermark"])
         assert newest["is_updated_version"] is True
@@ -99,7 +105,7 @@ def test_typed_key_columns(ingested) -> None:  # type: ignore[no-untyped-def]
 def test_tables_are_readable_by_delta_rs_with_basic_protocol(ingested) -> None:  # type: ignore[no-untyped-def]
     from deltalake import DeltaTable
 
-    _, settings, summary, tables = ingested
+    _, _, summary, tables = ingested
     for name in ("bronze_instances", "bronze_quarantine", "lake_files"):
         table = DeltaTable(tables.ref(name))
         protocol = table.protocol()
@@ -134,28 +140,49 @@ def test_changed_file_lands_as_a_new_version(spark, tmp_path: Path) -> None:  # 
     second = run_ingest(settings, spark)
     assert second.files_ingested == 1
     assert second.files_unchanged == first.files_ingested + first.files_quarantined - 1
-    rows = DeltaTables(spark, settings.tables).read("bronze_instances").where(
-        f"file_path = '{target.path}'").collect()
+    rows = (
+        DeltaTables(spark, settings.tables)
+        .read("bronze_instances")
+        .where(f"file_path = '{target.path}'")
+        .collect()
+    )
     assert len(rows) == 2 and len({r["last_modified"] for r in rows}) == 2
 
 
 def test_cli_json_summary_is_the_last_line(spark, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     build_sample_lake(tmp_path / "lake", studies_per_partition=1, include_testdata=False)
     config = tmp_path / "minimal.yaml"
-    config.write_text(yaml.safe_dump({
-        "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
-        "tables": {"location": str(tmp_path / "tables")},
-        "spark": {"master": "local[2]"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
+                "tables": {"location": str(tmp_path / "tables")},
+                "spark": {"master": "local[2]"},
+            }
+        )
+    )
     assert main(["ingest", "--config", str(config), "--json"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
-    for key in ("files_listed", "files_ingested", "files_unchanged", "files_quarantined",
-                "files_ignored", "files_foreign", "bytes_read", "seconds"):
+    for key in (
+        "files_listed",
+        "files_ingested",
+        "files_unchanged",
+        "files_quarantined",
+        "files_ignored",
+        "files_foreign",
+        "bytes_read",
+        "seconds",
+    ):
         assert key in summary
     assert summary["files_ingested"] > 0
-    assert summary["files_listed"] == (summary["files_ingested"] + summary["files_unchanged"]
-        + summary["files_quarantined"] + summary["files_ignored"] + summary["files_foreign"])
+    assert summary["files_listed"] == (
+        summary["files_ingested"]
+        + summary["files_unchanged"]
+        + summary["files_quarantined"]
+        + summary["files_ignored"]
+        + summary["files_foreign"]
+    )
 
 
 def _commits(table: Path) -> int:
@@ -169,16 +196,22 @@ def test_killed_run_rerun_ends_with_no_duplicates_and_nothing_missing(
     """Kill a real CLI process (SIGKILL) after its first batch commit, then re-run."""
     lake = build_sample_lake(tmp_path / "lake", studies_per_partition=3)
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
-        "tables": {"location": str(tmp_path / "tables")},
-        "spark": {"master": "local[1]"},
-        "ingest": {"batch_files": 8},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
+                "tables": {"location": str(tmp_path / "tables")},
+                "spark": {"master": "local[1]"},
+                "ingest": {"batch_files": 8},
+            }
+        )
+    )
     bronze = tmp_path / "tables" / "bronze_instances"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicom_lakehouse", "ingest", "--config", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240

@@ -21,8 +21,9 @@ STUDY = "1.2.840.113619.2.55.3"
 SERIES = "1.2.840.113619.2.55.3.4"
 
 
-@pytest.mark.parametrize(("watermark", "name"), [(1, "132_1.dcm"), (2, "692_2.dcm"),
-                                                  (1000, "768_1000.dcm")])
+@pytest.mark.parametrize(
+    ("watermark", "name"), [(1, "132_1.dcm"), (2, "692_2.dcm"), (1000, "768_1000.dcm")]
+)
 def test_instance_names_match_the_contract_examples(watermark: int, name: str) -> None:
     assert instance_file_name(watermark) == name
     assert name_prefix(watermark) == name[:3]
@@ -31,7 +32,11 @@ def test_instance_names_match_the_contract_examples(watermark: int, name: str) -
 def test_flat_instance_in_a_partition() -> None:
     got = classify(["research", "132_1.dcm"])
     assert (got.kind, got.partition_name, got.watermark, got.layout) == (
-        FileKind.INSTANCE, "research", 1, Layout.FLAT)
+        FileKind.INSTANCE,
+        "research",
+        1,
+        Layout.FLAT,
+    )
 
 
 def test_instance_directly_under_the_service_is_default_partition() -> None:
@@ -40,10 +45,13 @@ def test_instance_directly_under_the_service_is_default_partition() -> None:
     assert got.partition_name == DEFAULT_PARTITION
 
 
-@pytest.mark.parametrize("parts", [
-    [STUDY, SERIES, "1.2.3.4_17.dcm"],
-    ["Microsoft.Default", STUDY, SERIES, "1.2.3.4_17.dcm"],
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [STUDY, SERIES, "1.2.3.4_17.dcm"],
+        ["Microsoft.Default", STUDY, SERIES, "1.2.3.4_17.dcm"],
+    ],
+)
 def test_legacy_layout(parts: list[str]) -> None:
     got = classify(parts)
     assert got.kind is FileKind.INSTANCE
@@ -52,13 +60,16 @@ def test_legacy_layout(parts: list[str]) -> None:
     assert got.partition_name == DEFAULT_PARTITION
 
 
-@pytest.mark.parametrize("parts", [
-    ["healthCheck", "health0f8fad5b-d9cb-469f-a165-70867728950e.txt"],
-    ["healthCheck", "health.txt"],
-    ["Microsoft.Default", "132_1_metadata.json"],
-    ["Microsoft.Default", "132_1_frames_range.json"],
-    ["Microsoft.Default", "132_ 1_frames_range.json"],
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ["healthCheck", "health0f8fad5b-d9cb-469f-a165-70867728950e.txt"],
+        ["healthCheck", "health.txt"],
+        ["Microsoft.Default", "132_1_metadata.json"],
+        ["Microsoft.Default", "132_1_frames_range.json"],
+        ["Microsoft.Default", "132_ 1_frames_range.json"],
+    ],
+)
 def test_service_files_are_ignored(parts: list[str]) -> None:
     assert classify(parts).kind is FileKind.IGNORED
 
@@ -69,15 +80,18 @@ def test_healthcheck_is_a_legal_partition_name() -> None:
     assert got.partition_name == "healthCheck"
 
 
-@pytest.mark.parametrize(("parts", "reason"), [
-    (["research", "README.txt"], "unexpected_name"),
-    (["research", "notes.dcm"], "unexpected_name"),
-    (["research", "132_1.DCM"], "unexpected_name"),
-    (["bad partition", "132_1.dcm"], "bad_partition_name"),
-    (["p" * 65, "132_1.dcm"], "bad_partition_name"),
-    (["a", "b", "c", "d", "132_1.dcm"], "unexpected_depth"),
-    (["research", "sub", "132_1.dcm"], "unexpected_name"),
-])
+@pytest.mark.parametrize(
+    ("parts", "reason"),
+    [
+        (["research", "README.txt"], "unexpected_name"),
+        (["research", "notes.dcm"], "unexpected_name"),
+        (["research", "132_1.DCM"], "unexpected_name"),
+        (["bad partition", "132_1.dcm"], "bad_partition_name"),
+        (["p" * 65, "132_1.dcm"], "bad_partition_name"),
+        (["a", "b", "c", "d", "132_1.dcm"], "unexpected_depth"),
+        (["research", "sub", "132_1.dcm"], "unexpected_name"),
+    ],
+)
 def test_foreign_files_are_reported_with_a_reason(parts: list[str], reason: str) -> None:
     got = classify(parts)
     assert got.kind is FileKind.FOREIGN

@@ -106,9 +106,12 @@ def test_instances_reread_with_manifest_uids(lake: SampleLake) -> None:
 
 def test_bundled_files_copied_with_expected_outcome(lake: SampleLake) -> None:
     outcome = {f.source.split(":", 1)[1]: f for f in lake.files if ":" in f.source}
-    expected = {"nested_priv_SQ.dcm": "missing_uids", "chrSQEncoding.dcm": "missing_uids",
-                # no DICM prefix and a misaligned dataset: pydicom reads junk
-                "no_meta.dcm": "not_dicom"}
+    expected = {
+        "nested_priv_SQ.dcm": "missing_uids",
+        "chrSQEncoding.dcm": "missing_uids",
+        # no DICM prefix and a misaligned dataset: pydicom reads junk
+        "no_meta.dcm": "not_dicom",
+    }
     for name, reason in expected.items():
         assert outcome[name].expected_reason == reason
         assert outcome[name].sop_instance_uid is None

@@ -48,9 +48,14 @@ def test_first_refine_is_a_full_build_with_one_row_per_current_instance(refined)
 def test_latest_watermark_wins_and_history_stays_in_bronze(refined) -> None:  # type: ignore[no-untyped-def]
     lake, _, _, tables = refined[:4]
     original = next(f for f in lake.instances if not f.is_current)
-    silver_rows = tables.read("silver_instances").where(
-        f"sop_instance_uid = '{original.sop_instance_uid}'"
-        f" AND partition_name = '{original.partition_name}'").collect()
+    silver_rows = (
+        tables.read("silver_instances")
+        .where(
+            f"sop_instance_uid = '{original.sop_instance_uid}'"
+            f" AND partition_name = '{original.partition_name}'"
+        )
+        .collect()
+    )
     assert len(silver_rows) == 1
     assert silver_rows[0]["watermark"] > original.watermark
     assert silver_rows[0]["is_updated_version"] is True
@@ -70,7 +75,8 @@ def test_series_and_study_counts_agree_with_instances(refined) -> None:  # type:
         (r["partition_name"], r["study_instance_uid"]): r["n"]
         for r in inst.groupBy("partition_name", "study_instance_uid")
         .agg({"series_instance_uid": "approx_count_distinct"})
-        .withColumnRenamed("approx_count_distinct(series_instance_uid)", "n").collect()
+        .withColumnRenamed("approx_count_distinct(series_instance_uid)", "n")
+        .collect()
     }
     for row in studies.collect():
         assert row["series_count"] == per_study[(row["partition_name"], row["study_instance_uid"])]
@@ -100,9 +106,11 @@ def test_bad_values_become_null_and_are_counted(spark) -> None:  # type: ignore[
     from dicom_lakehouse import silver
 
     df = spark.createDataFrame(
-        [("20231301", "1.25\\1.25", "", "Ünal^Özge", "1200", "057Y"),
-         ("20240229", "1.25", "12", "Yamada^Tarou=山田^太郎", "2575.5", "ABC"),
-         ("", None, "99", "", "25", None)],
+        [
+            ("20231301", "1.25\\1.25", "", "Ünal^Özge", "1200", "057Y"),
+            ("20240229", "1.25", "12", "Yamada^Tarou=山田^太郎", "2575.5", "ABC"),
+            ("", None, "99", "", "25", None),
+        ],
         "da string, ds string, tm string, pn string, tm2 string, age string",
     )
     out = df.select(
@@ -111,8 +119,9 @@ def test_bad_values_become_null_and_are_counted(spark) -> None:  # type: ignore[
         silver.parse_tm(F.col("tm")).alias("tm"),
         silver.pn_component(F.col("pn"), 0).alias("family"),
         silver.parse_tm(F.col("tm2")).alias("tm2"),
-        silver.age_years(F.col("age"), F.lit(None).cast("date"), F.lit(None).cast("date"))
-        .alias("age"),
+        silver.age_years(F.col("age"), F.lit(None).cast("date"), F.lit(None).cast("date")).alias(
+            "age"
+        ),
     ).collect()
     assert [r["da"] for r in out] == [None, __import__("datetime").date(2024, 2, 29), None]
     assert [r["ds"] for r in out] == [None, 1.25, None]  # multi-valued DS is not one number
@@ -122,8 +131,9 @@ def test_bad_values_become_null_and_are_counted(spark) -> None:  # type: ignore[
     assert [r["age"] for r in out] == [57.0, None, None]
 
 
-def _add_instance(lake_root: Path, template: Path, partition: str, watermark: int,
-                  sop: str) -> Path:
+def _add_instance(
+    lake_root: Path, template: Path, partition: str, watermark: int, sop: str
+) -> Path:
     ds = pydicom.dcmread(template)
     ds.SOPInstanceUID = sop
     ds.file_meta.MediaStorageSOPInstanceUID = sop
@@ -153,26 +163,43 @@ def test_incremental_refine_touches_only_changed_studies_and_deletes_propagate(
     assert second.studies_recomputed == 1
     assert second.instances == first.instances + 1
     assert tables.read("silver_instances").where(f"sop_instance_uid = '{new_sop}'").count() == 1
-    study = tables.read("silver_studies").where(
-        f"study_instance_uid = '{target.study_instance_uid}'").first()
-    assert study["instance_count"] == sum(
-        1 for f in lake.current_instances if f.study_instance_uid == target.study_instance_uid
-    ) + 1
+    study = (
+        tables.read("silver_studies")
+        .where(f"study_instance_uid = '{target.study_instance_uid}'")
+        .first()
+    )
+    assert (
+        study["instance_count"]
+        == sum(
+            1 for f in lake.current_instances if f.study_instance_uid == target.study_instance_uid
+        )
+        + 1
+    )
     # delete every file of another study
-    victim = next(f for f in lake.current_instances
-                  if f.study_instance_uid != target.study_instance_uid)
+    victim = next(
+        f for f in lake.current_instances if f.study_instance_uid != target.study_instance_uid
+    )
     gone = [f for f in lake.instances if f.study_instance_uid == victim.study_instance_uid]
     for f in gone:
         (lake.root / f.path).unlink()
     run_ingest(settings, spark)
     third = run_refine(settings, spark)
     assert third.instances_deleted == len({f.sop_instance_uid for f in gone})
-    assert tables.read("silver_instances").where(
-        f"study_instance_uid = '{victim.study_instance_uid}'").count() == 0
-    assert tables.read("silver_studies").where(
-        f"study_instance_uid = '{victim.study_instance_uid}'").count() == 0
+    assert (
+        tables.read("silver_instances")
+        .where(f"study_instance_uid = '{victim.study_instance_uid}'")
+        .count()
+        == 0
+    )
+    assert (
+        tables.read("silver_studies")
+        .where(f"study_instance_uid = '{victim.study_instance_uid}'")
+        .count()
+        == 0
+    )
     assert tables.read("silver_series").groupBy().sum("instance_count").first()[0] == (
-        tables.read("silver_instances").count())
+        tables.read("silver_instances").count()
+    )
     # nothing new: nothing recomputed
     fourth = run_refine(settings, spark)
     assert fourth.ingest_runs_refined == 0 and fourth.instances_changed == 0
@@ -181,16 +208,23 @@ def test_incremental_refine_touches_only_changed_studies_and_deletes_propagate(
 
 def test_cohort_matches_an_independent_count(refined) -> None:  # type: ignore[no-untyped-def]
     lake, settings, _, _, _ = refined
-    where = ("modality = 'CT' AND patient_sex = 'F' AND patient_age_years BETWEEN 50 AND 70 "
-             "AND slice_thickness <= 1.25")
+    where = (
+        "modality = 'CT' AND patient_sex = 'F' AND patient_age_years BETWEEN 50 AND 70 "
+        "AND slice_thickness <= 1.25"
+    )
     summary = build_cohort(settings, "ct_women", where, level="instance")
     expected = set()
     for f in lake.current_instances:
         ds = pydicom.dcmread(lake.root / f.path, stop_before_pixels=True, force=True)
         age = ds.get("PatientAge", "")
-        if (ds.get("Modality") == "CT" and ds.get("PatientSex") == "F" and age.endswith("Y")
-                and 50 <= int(age[:-1]) <= 70 and ds.get("SliceThickness") is not None
-                and float(ds.SliceThickness) <= 1.25):
+        if (
+            ds.get("Modality") == "CT"
+            and ds.get("PatientSex") == "F"
+            and age.endswith("Y")
+            and 50 <= int(age[:-1]) <= 70
+            and ds.get("SliceThickness") is not None
+            and float(ds.SliceThickness) <= 1.25
+        ):
             expected.add(f.sop_instance_uid)
     assert expected, "the sample lake must hold matching instances"
     members = read_cohort(settings, "ct_women").collect()
@@ -204,19 +238,27 @@ def test_cohort_matches_an_independent_count(refined) -> None:  # type: ignore[n
 def test_study_level_cohort_holds_whole_studies(refined) -> None:  # type: ignore[no-untyped-def]
     _, settings, _, tables, _ = refined
     summary = build_cohort(settings, "mr_studies", "modalities LIKE '%MR%'", level="study")
-    studies = {(r["partition_name"], r["study_instance_uid"]) for r in
-               tables.read("silver_studies").where("modalities LIKE '%MR%'").collect()}
+    studies = {
+        (r["partition_name"], r["study_instance_uid"])
+        for r in tables.read("silver_studies").where("modalities LIKE '%MR%'").collect()
+    }
     members = read_cohort(settings, "mr_studies").collect()
     assert {(r["partition_name"], r["study_instance_uid"]) for r in members} == studies
-    instances = [r for r in tables.read("silver_instances").collect()
-                 if (r["partition_name"], r["study_instance_uid"]) in studies]
+    instances = [
+        r
+        for r in tables.read("silver_instances").collect()
+        if (r["partition_name"], r["study_instance_uid"]) in studies
+    ]
     assert summary.instances == len(instances) and summary.studies == len(studies)
 
 
-@pytest.mark.parametrize(("where", "needle"), [
-    ("no_such_column = 1", "no_such_column"),
-    ("modality = ", "invalid cohort predicate"),
-])
+@pytest.mark.parametrize(
+    ("where", "needle"),
+    [
+        ("no_such_column = 1", "no_such_column"),
+        ("modality = ", "invalid cohort predicate"),
+    ],
+)
 def test_bad_predicate_is_a_clear_error(refined, where: str, needle: str) -> None:  # type: ignore[no-untyped-def]
     _, settings, _, _, _ = refined
     with pytest.raises(CohortError) as err:
@@ -228,15 +270,22 @@ def test_bad_predicate_is_a_clear_error(refined, where: str, needle: str) -> Non
 
 def test_cohort_retrieve_urls_with_a_dicomweb_endpoint(refined) -> None:  # type: ignore[no-untyped-def]
     _, settings, _, _, _ = refined
-    with_web = settings.model_copy(update={"dicomweb": __import__(
-        "dicom_lakehouse.config", fromlist=["DicomWebConfig"]).DicomWebConfig(
-        url="https://ws1-svc1.dicom.azurehealthcareapis.com/v2", partition_routes=True)})
+    with_web = settings.model_copy(
+        update={
+            "dicomweb": __import__(
+                "dicom_lakehouse.config", fromlist=["DicomWebConfig"]
+            ).DicomWebConfig(
+                url="https://ws1-svc1.dicom.azurehealthcareapis.com/v2", partition_routes=True
+            )
+        }
+    )
     build_cohort(with_web, "urls", "modality = 'MR'")
     row = read_cohort(settings, "urls").first()
     assert row["retrieve_url"] == (
         f"https://ws1-svc1.dicom.azurehealthcareapis.com/v2/partitions/{row['partition_name']}"
         f"/studies/{row['study_instance_uid']}/series/{row['series_instance_uid']}"
-        f"/instances/{row['sop_instance_uid']}")
+        f"/instances/{row['sop_instance_uid']}"
+    )
 
 
 def test_compat_views_answer_the_template_queries(spark, refined) -> None:  # type: ignore[no-untyped-def]
@@ -247,9 +296,18 @@ def test_compat_views_answer_the_template_queries(spark, refined) -> None:  # ty
     assert all(r["filePath"].startswith("AHDS/ws1/dicom/svc1/") for r in rows)
     for view, extra in (("series", "instanceCount"), ("study", "seriesCount")):
         columns = spark.sql(f"SELECT * FROM {view}").columns
-        for col in ("partitionName", "studyInstanceUid", "lastModifiedTimestamp", "studyDate",
-                    "studyDescription", "issuerOfPatientId", "patientId", "patientName",
-                    "modality", extra):
+        for col in (
+            "partitionName",
+            "studyInstanceUid",
+            "lastModifiedTimestamp",
+            "studyDate",
+            "studyDescription",
+            "issuerOfPatientId",
+            "patientId",
+            "patientName",
+            "modality",
+            extra,
+        ):
             assert col in columns, (view, col)
     total = spark.sql("SELECT sum(instanceCount) FROM study").first()[0]
     assert total == summary.instances
@@ -261,8 +319,9 @@ def test_cohort_is_logged_to_mlflow_without_the_predicate(refined, tmp_path: Pat
 
     _, settings, _, _, _ = refined
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracked = settings.model_copy(update={"mlflow": settings.mlflow.model_copy(
-        update={"tracking_uri": uri})})
+    tracked = settings.model_copy(
+        update={"mlflow": settings.mlflow.model_copy(update={"tracking_uri": uri})}
+    )
     where = "patient_id = 'PHI-LIKE-ID' OR modality = 'CT'"
     summary = build_cohort(tracked, "tracked", where)
     assert summary.mlflow_run_id

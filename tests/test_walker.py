@@ -97,7 +97,8 @@ def test_folder_entries_of_flat_listings_are_skipped(tmp_path: Path) -> None:
     backend = _FlatListingWithFolders(tmp_path)
     root = service_root("ws1", "svc1")
     entries = [
-        info for task in plan_listing(backend, "ws1", "svc1", digits=0)
+        info
+        for task in plan_listing(backend, "ws1", "svc1", digits=0)
         for info in run_listing_task(backend, task)
     ]
     assert any(e.is_dir for e in entries)

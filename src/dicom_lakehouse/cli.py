@@ -20,7 +20,7 @@ from typing import Any
 from dicom_lakehouse.config import Settings, load_config
 from dicom_lakehouse.errors import DicomLakehouseError
 
-__all__ = ["cohort_task", "ingest_task", "main", "refine_task"]
+__all__ = ["cohort_task", "ingest_task", "main", "refine_task", "writeback_task"]
 
 logger = logging.getLogger("dicom_lakehouse.cli")
 
@@ -119,6 +119,32 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+_WRITEBACK_KEYS = (
+    "cohort",
+    "cohort_version",
+    "deriver",
+    "series",
+    "series_skipped",
+    "derived",
+    "stored",
+    "already_stored",
+    "failed",
+    "retryable",
+    "source_bytes_read",
+    "seconds",
+)
+
+
+def cmd_writeback(args: argparse.Namespace) -> int:
+    from dicom_lakehouse.writeback import run_writeback
+
+    summary = run_writeback(
+        _settings(args), args.cohort, args.deriver, model_uri=args.model
+    ).as_dict()
+    _emit(summary, args.json, _WRITEBACK_KEYS, f"write-back of cohort {args.cohort}")
+    return 0 if not summary["failed"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dicom_lakehouse.demo import run_demo
 
@@ -168,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--level", choices=("study", "series", "instance"), default="instance")
     cohort.set_defaults(func=cmd_cohort)
 
+    writeback = sub.add_parser(
+        "writeback", help="derive DICOM objects from a cohort and store them via STOW-RS"
+    )
+    common(writeback)
+    writeback.add_argument("--cohort", required=True, help="cohort name (its latest version)")
+    writeback.add_argument("--deriver", required=True, choices=("sc", "seg"))
+    writeback.add_argument(
+        "--model",
+        default=None,
+        metavar="URI",
+        help="MLflow model URI (models:/... or runs:/...) for seg",
+    )
+    writeback.set_defaults(func=cmd_writeback)
+
     demo = sub.add_parser("demo", help="build a sample lake locally and ingest it")
     demo.add_argument("--dir", default=".demo", help="folder for the sample lake and tables")
     demo.add_argument("--json", action="store_true", help="print one JSON summary line last")
@@ -208,3 +248,4 @@ ingest_task = _task("ingest")
 """Databricks ``python_wheel_task`` entry: ``named_parameters: {config: ...}``."""
 refine_task = _task("refine")
 cohort_task = _task("cohort")
+writeback_task = _task("writeback")

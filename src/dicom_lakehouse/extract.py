@@ -13,7 +13,12 @@ from typing import Any
 
 from dicom_lakehouse.columns import KEY_TAGS
 from dicom_lakehouse.dicom.header import UPDATED_IMPLEMENTATION_CLASS_UID, read_header, safe_detail
-from dicom_lakehouse.errors import DicomParseError, StorageError, StorageNotFoundError
+from dicom_lakehouse.errors import (
+    DicomParseError,
+    StorageAuthError,
+    StorageError,
+    StorageNotFoundError,
+)
 from dicom_lakehouse.lake.backend import LakeBackend
 
 __all__ = ["ExtractOptions", "extract_row", "extract_rows"]
@@ -98,6 +103,8 @@ def extract_row(backend: LakeBackend, listed: dict[str, Any], options: ExtractOp
             "detail": exc.detail,
             "header_bytes_read": fetched["bytes"],
         }
+    except StorageAuthError:
+        raise  # a permissions problem stops the job early with its clear message
     except StorageNotFoundError:
         return {
             **row,

@@ -12,6 +12,7 @@ from dicom_lakehouse.columns import (
     HEADER_RESULT_COLUMNS,
     INGEST_RUNS_COLUMNS,
     LAKE_FILES_COLUMNS,
+    LEDGER_COLUMNS,
     LISTING_COLUMNS,
     Column,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "INGEST_RUNS",
     "LAKE_FILES",
     "LISTING",
+    "WRITEBACK_LEDGER",
     "spark_schema",
 ]
 
@@ -55,3 +57,4 @@ LAKE_FILES = spark_schema(LAKE_FILES_COLUMNS)
 INGEST_RUNS = spark_schema(INGEST_RUNS_COLUMNS)
 COHORTS = spark_schema(COHORT_COLUMNS)
 COHORT_DEFINITIONS = spark_schema(COHORT_DEFINITION_COLUMNS)
+WRITEBACK_LEDGER = spark_schema(LEDGER_COLUMNS)

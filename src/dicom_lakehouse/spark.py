@@ -75,10 +75,10 @@ def get_spark(config: SparkConfig | None = None, spark: SparkSession | None = No
 def spark_versions(spark: SparkSession) -> dict[str, str]:
     """Spark and Delta versions of the session (Delta from the JVM when known)."""
     versions = {"spark": spark.version}
-    try:
-        import importlib.metadata as md
+    import importlib.metadata as md
 
+    try:
         versions["delta"] = md.version("delta-spark")
-    except Exception:
+    except md.PackageNotFoundError:  # the platform ships Delta without the pip package
         versions["delta"] = "unknown"
     return versions

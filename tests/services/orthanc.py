@@ -171,7 +171,8 @@ def run_orthanc(workdir: Path) -> Iterator[OrthancServer]:
     log_dir.mkdir(parents=True, exist_ok=True)
     lua = workdir / "filter.lua"
     lua.write_text(_LUA_FILTER)
-    username, password = "lakehouse", secrets.token_urlsafe(16)
+    # a password fixed for the test session before Spark starts, so executors inherit it
+    username, password = "lakehouse", os.environ.setdefault(PASSWORD_ENV, secrets.token_urlsafe(16))
     port = free_port()
     config = {
         "Name": "dicom-lakehouse-tests",
