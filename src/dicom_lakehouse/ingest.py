@@ -216,6 +216,10 @@ def run_ingest(
     finally:
         listing.unpersist()
     summary.seconds = round(time.perf_counter() - started, 3)
+    if settings.mlflow.tracking_uri:
+        from dicom_lakehouse.tracking import lake_params, log_job
+
+        log_job(settings, "ingest", lake_params(settings), summary.as_dict())
     return summary
 
 

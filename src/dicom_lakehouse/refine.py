@@ -178,6 +178,10 @@ def run_refine(
     studies = tables.read(SILVER_STUDIES)
     summary.study_conflicts = studies.where(F.col("attribute_conflicts") > 0).count()
     summary.seconds = round(time.perf_counter() - started, 3)
+    if settings.mlflow.tracking_uri:
+        from dicom_lakehouse.tracking import lake_params, log_job
+
+        log_job(settings, "refine", {**lake_params(settings), "full": full}, summary.as_dict())
     return summary
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.config import Settings
 from dicom_lakehouse.io.delta import DeltaTables
@@ -11,9 +12,47 @@ from dicom_lakehouse.io.delta import DeltaTables
 if TYPE_CHECKING:
     from dicom_lakehouse.cohort import CohortSummary
 
-__all__ = ["log_cohort"]
+__all__ = ["log_cohort", "log_job"]
 
 logger = logging.getLogger(__name__)
+
+
+def _numeric(summary: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        key: float(value)
+        for key, value in summary.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def log_job(
+    settings: Settings, job: str, params: Mapping[str, Any], summary: Mapping[str, Any]
+) -> str | None:
+    """Log a finished job as one MLflow run (when ``mlflow.tracking_uri`` is set):
+    ``params`` (callers pass no PHI or secrets), numeric summary values as
+    metrics and the whole summary as an artifact. Returns the run id."""
+    if not settings.mlflow.tracking_uri:
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_experiment(settings.mlflow.experiment)
+    with mlflow.start_run(run_name=f"{job}-{summary.get('run_id', '')}") as run:
+        mlflow.log_params({"job": job, **params})
+        mlflow.log_metrics(_numeric(summary))
+        mlflow.log_dict(dict(summary), f"{job}_summary.json")
+        return str(run.info.run_id)
+
+
+def lake_params(settings: Settings) -> dict[str, Any]:
+    """Job parameters safe for MLflow: no query strings (SAS), no secrets, no PHI."""
+    lake = settings.lake
+    return {
+        "lake_root": lake.root.split("?", 1)[0],
+        "workspace": lake.workspace,
+        "service": lake.service,
+        "partitions": ",".join(lake.partitions) if lake.partitions else "all",
+    }
 
 
 def log_cohort(
