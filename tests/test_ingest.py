@@ -224,7 +224,10 @@ def test_killed_run_rerun_ends_with_no_duplicates_and_nothing_missing(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables", ingest={"batch_files": 8})
+    time.sleep(3.5)  # the killed run's lease (3 s, no more heartbeats) expires
+    settings = settings_for(
+        tmp_path / "lake", tmp_path / "tables", ingest={"batch_files": 8, "lease_minutes": 0.05}
+    )
     partial = DeltaTables(spark, settings.tables).read("bronze_instances").count()
     assert 0 < partial < len(lake.instances)
     summary = run_ingest(settings, spark)

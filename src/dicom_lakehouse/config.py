@@ -104,6 +104,9 @@ class IngestConfig(_Model):
     io_threads: int = Field(default=8, ge=1, le=128)
     batch_files: int = Field(default=100_000, ge=1, description="Files per Delta commit")
     files_per_task: int = Field(default=1000, ge=1, description="Files per Spark read task")
+    lease_minutes: float = Field(
+        default=10.0, gt=0, description="Lease that keeps overlapping runs from both writing"
+    )
     skip_unchanged_listing: bool = Field(
         default=True,
         description="Skip the bronze comparison when the listing equals the last run's",

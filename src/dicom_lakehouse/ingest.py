@@ -19,12 +19,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.config import LakeConfig, Settings
 from dicom_lakehouse.extract import ExtractOptions
 from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.io.lease import LeaseHeldError, job_lease
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
 from dicom_lakehouse.lake.walker import plan_listing
 from dicom_lakehouse.spark import get_spark
@@ -80,6 +81,7 @@ class IngestSummary:
     foreign_reasons: dict[str, int] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    skipped_reason: str | None = None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -210,9 +212,17 @@ def run_ingest(
             summary.files_unchanged = instances
             say(f"listed {summary.files_listed} files: unchanged since the last run")
         else:
-            _land(spark, settings, tables, spec, run, listing, scope, created, summary, say)
-            with summary.phase("record"):
-                _record_run(spark, tables, lake, scope, run, listed, summary)
+            lease = f"ingest/{lake.workspace}/{lake.service}"
+            ttl = timedelta(minutes=settings.ingest.lease_minutes)
+            try:
+                with job_lease(tables, lease, run.run_id, ttl=ttl):
+                    _land(spark, settings, tables, spec, run, listing, scope, created, summary, say)
+                    with summary.phase("record"):
+                        _record_run(spark, tables, lake, scope, run, listed, summary)
+            except LeaseHeldError as exc:
+                # an overlapping scheduled run is still landing files: leave it to it
+                summary.skipped_reason = "lease_held"
+                say(f"skipped: {exc}")
     finally:
         listing.unpersist()
     summary.seconds = round(time.perf_counter() - started, 3)

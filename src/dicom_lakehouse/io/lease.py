@@ -1,0 +1,176 @@
+"""An explicit lease on a Delta table, so overlapping scheduled runs never both write.
+
+``job_lease(tables, name, holder)`` inserts or takes over (when expired) the
+row ``name`` of the ``job_leases`` table with one MERGE; Delta's optimistic
+concurrency lets exactly one of two racing MERGEs commit, the other gets a
+named conflict exception and reads who holds the lease. A heartbeat thread
+extends the lease while the job runs; a killed job's lease expires after
+``ttl``. Works wherever Delta does (local, ADLS, Volumes, OneLake).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from dicom_lakehouse.errors import DicomLakehouseError
+from dicom_lakehouse.io.delta import DeltaTables
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["LEASES", "LeaseHeldError", "job_lease"]
+
+logger = logging.getLogger(__name__)
+
+LEASES = "job_leases"
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+)
+
+
+class LeaseHeldError(DicomLakehouseError):
+    """Another run holds the lease; this run must not write."""
+
+    def __init__(self, name: str, holder: str, expires_at: datetime) -> None:
+        super().__init__(
+            f"another run ({holder}) holds the {name!r} lease until {expires_at:%Y-%m-%d %H:%M}Z"
+        )
+        self.name, self.holder, self.expires_at = name, holder, expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    name: str
+    holder: str
+    expires_at: datetime
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of Delta's named concurrent-modification conflicts."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(name in text for name in _CONFLICTS)
+
+
+def _table(spark: SparkSession, tables: DeltaTables):  # type: ignore[no-untyped-def]
+    from delta.tables import DeltaTable
+
+    ref = tables.ref(LEASES)
+    return DeltaTable.forPath(spark, ref) if tables.by_path else DeltaTable.forName(spark, ref)
+
+
+def _ensure(tables: DeltaTables) -> None:
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [
+            T.StructField("name", T.StringType()),
+            T.StructField("holder", T.StringType()),
+            T.StructField("acquired_at", T.TimestampType()),
+            T.StructField("expires_at", T.TimestampType()),
+        ]
+    )
+    tables.ensure(LEASES, schema, comment="Who may write for each job scope, until when")
+
+
+def _current(tables: DeltaTables, name: str) -> _Lease | None:
+    from pyspark.sql import functions as F
+
+    row = tables.read(LEASES).where(F.col("name") == name).first()
+    if row is None:
+        return None
+    expires = row["expires_at"]
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return _Lease(row["name"], row["holder"], expires)
+
+
+def _try_acquire(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> _Lease:
+    now = datetime.now(UTC)
+    source = tables.spark.createDataFrame(
+        [(name, holder, now, now + ttl)],
+        "name string, holder string, acquired_at timestamp, expires_at timestamp",
+    )
+    try:
+        (
+            _table(tables.spark, tables)
+            .alias("t")
+            .merge(source.alias("s"), "t.name = s.name")
+            .whenMatchedUpdateAll(condition="t.expires_at < s.acquired_at OR t.holder = s.holder")
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    except Exception as exc:
+        if not is_conflict(exc):
+            raise
+        logger.info("lease %s: lost a concurrent acquisition", name)
+    lease = _current(tables, name)
+    if lease is None or lease.holder != holder:
+        holder_now = lease.holder if lease else "unknown"
+        raise LeaseHeldError(name, holder_now, lease.expires_at if lease else now)
+    return lease
+
+
+def _extend(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> None:
+    from pyspark.sql import functions as F
+
+    expires = datetime.now(UTC) + ttl
+    _table(tables.spark, tables).update(
+        condition=(F.col("name") == name) & (F.col("holder") == holder),
+        set={"expires_at": F.lit(expires).cast("timestamp")},
+    )
+
+
+@contextlib.contextmanager
+def job_lease(
+    tables: DeltaTables, name: str, holder: str, *, ttl: timedelta = timedelta(minutes=10)
+) -> Iterator[None]:
+    """Hold the lease ``name`` for the duration of the block (heartbeat every ttl/3)."""
+    _ensure(tables)
+    _try_acquire(tables, name, holder, ttl)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(ttl.total_seconds() / 3):
+            for attempt in range(3):
+                try:
+                    _extend(tables, name, holder, ttl)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried, then only logged
+                    if not is_conflict(exc) or attempt == 2:
+                        logger.warning("lease %s: heartbeat failed (%s)", name, type(exc).__name__)
+                        break
+
+    beat = threading.Thread(target=heartbeat, name=f"dl-lease-{name}", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join(timeout=30)
+        from pyspark.sql import functions as F
+
+        for attempt in range(3):
+            try:
+                _table(tables.spark, tables).delete(
+                    (F.col("name") == name) & (F.col("holder") == holder)
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 - conflicts retried; the TTL is the backstop
+                if not is_conflict(exc) or attempt == 2:
+                    logger.warning(
+                        "lease %s: release failed (%s); it expires by itself",
+                        name,
+                        type(exc).__name__,
+                    )
+                    break

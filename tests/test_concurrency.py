@@ -1,0 +1,108 @@
+"""Overlapping runs: an explicit Delta lease lets exactly one writer in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dicom_lakehouse.ingest import run_ingest
+from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.io.lease import LEASES, LeaseHeldError, job_lease
+from dicom_lakehouse.testing import build_sample_lake
+from tests.conftest import settings_for
+
+pytestmark = pytest.mark.spark
+
+
+def test_two_racing_acquisitions_let_exactly_one_in(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    outcomes: dict[str, str] = {}
+    inside = threading.Event()
+    release = threading.Event()
+    start = threading.Barrier(2)
+
+    def contender(name: str) -> None:
+        start.wait()
+        try:
+            with job_lease(tables, "race", name, ttl=timedelta(minutes=1)):
+                outcomes[name] = "held"
+                inside.set()
+                release.wait(60)
+        except LeaseHeldError:
+            outcomes[name] = "refused"
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    assert inside.wait(120)
+    time.sleep(2)  # the loser has had its turn while the winner holds the lease
+    release.set()
+    for t in threads:
+        t.join(120)
+    assert sorted(outcomes.values()) == ["held", "refused"]
+    assert tables.read(LEASES).where("name = 'race'").count() == 0  # released
+
+
+def test_expired_lease_is_taken_over(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    tables = DeltaTables(spark, settings_for(tmp_path / "l", tmp_path / "t").tables)
+    with pytest.raises(LeaseHeldError), job_lease(tables, "x", "a", ttl=timedelta(seconds=2)):
+        with job_lease(tables, "x", "b", ttl=timedelta(seconds=2)):
+            pass  # pragma: no cover - b must be refused while a holds the lease
+    from dicom_lakehouse.io import lease as lease_module
+
+    # a crashed holder: its row stays, with no heartbeat
+    lease_module._ensure(tables)
+    lease_module._try_acquire(tables, "y", "crashed", timedelta(seconds=1))
+    time.sleep(1.5)
+    with job_lease(tables, "y", "next", ttl=timedelta(seconds=5)):
+        assert lease_module._current(tables, "y").holder == "next"
+
+
+def test_overlapping_ingests_never_duplicate_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A slow ingest (a real CLI process) still running when the next one starts."""
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=4)
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
+                "tables": {"location": str(tmp_path / "tables")},
+                "spark": {"master": "local[1]"},
+                "ingest": {"batch_files": 6},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicom_lakehouse", "ingest", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    leases = tmp_path / "tables" / LEASES / "_delta_log"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if leases.exists() and tables.read(LEASES).count() == 1:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the first run ended before the overlap"
+        second = run_ingest(settings, spark)
+        assert second.skipped_reason == "lease_held"
+        assert second.files_ingested == 0
+    finally:
+        assert proc.wait(300) == 0
+    third = run_ingest(settings, spark)
+    assert third.files_ingested == 0
+    paths = [r["file_path"] for r in tables.read("bronze_instances").select("file_path").collect()]
+    assert len(paths) == len(set(paths)) == len(lake.instances)
+    quarantined = [r["file_path"] for r in tables.read("bronze_quarantine").collect()]
+    assert len(quarantined) == len(set(quarantined)) == len(lake.quarantined)
