@@ -53,9 +53,12 @@ def test_two_racing_acquisitions_let_exactly_one_in(spark, tmp_path: Path) -> No
 
 def test_expired_lease_is_taken_over(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     tables = DeltaTables(spark, settings_for(tmp_path / "l", tmp_path / "t").tables)
-    with pytest.raises(LeaseHeldError), job_lease(tables, "x", "a", ttl=timedelta(seconds=2)):
-        with job_lease(tables, "x", "b", ttl=timedelta(seconds=2)):
-            pass  # pragma: no cover - b must be refused while a holds the lease
+    with (
+        pytest.raises(LeaseHeldError),
+        job_lease(tables, "x", "a", ttl=timedelta(seconds=2)),
+        job_lease(tables, "x", "b", ttl=timedelta(seconds=2)),
+    ):
+        pass  # pragma: no cover - b must be refused while a holds the lease
     from dicom_lakehouse.io import lease as lease_module
 
     # a crashed holder: its row stays, with no heartbeat
