@@ -4,11 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VENV4 := .venv-spark4
+STAMP4 := $(VENV4)/.installed
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install services demo test test-fast lint format bench clean
+.PHONY: help install install-spark4 services demo test test-spark4 test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,6 +23,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with the package (editable) and the local extras
 
+$(STAMP4): pyproject.toml
+	$(PYTHON) -m venv $(VENV4)
+	$(VENV4)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV4)/bin/python -m pip install --quiet -e '.[spark4,mlflow,derive,dev]'
+	touch $(STAMP4)
+
+install-spark4: $(STAMP4) ## Create .venv-spark4: the same, on Spark 4.0 / Delta 4.0
+
 services: ## Install the servers and tools the tests use (Orthanc, dicom3tools, Azurite, Toxiproxy)
 	bash scripts/install-orthanc.sh
 	bash scripts/install-dicom3tools.sh
@@ -32,6 +42,9 @@ demo: install ## Build the sample lake in $(DEMO_DIR), ingest it, show what land
 
 test: install services ## Run the whole test suite (local Spark + Delta, real services)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-spark4: install-spark4 services ## The Spark test tier on Spark 4.0 + Delta 4.0 (second CI leg)
+	$(VENV4)/bin/python -m pytest -m spark $(PYTEST_ARGS)
 
 test-fast: install ## Run the tests that need no Spark session
 	$(BIN)/python -m pytest -m "not spark" $(PYTEST_ARGS)
@@ -49,4 +62,4 @@ bench: install ## Run the ingest benchmark (prints figures and ratios)
 	$(BIN)/python benchmarks/bench_ingest.py
 
 clean: ## Remove the venv, demo output and caches
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(VENV4) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
