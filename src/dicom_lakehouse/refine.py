@@ -198,30 +198,47 @@ def _refine_incrementally(
     from dicom_lakehouse import silver
 
     version = ["file_path", "file_size", "last_modified", "etag"]
+    keys = _KEYS[SILVER_INSTANCES]
     listed = lake_files.where(F.col("kind") == "instance").select(*version)
     current_silver = tables.read(SILVER_INSTANCES)
-    touched = bronze.where(F.col("run_id").isin(new_runs)).select(*_STUDY)
+    # Only the new file versions are read from bronze (each batch file holds one
+    # run_id, so Parquet skips the rest): an older version can only be current
+    # already, i.e. in silver.
+    typed = silver.typed_instances(
+        silver.current_instances(bronze.where(F.col("run_id").isin(new_runs)), lake_files)
+    ).localCheckpoint(eager=True)
+    summary.coerced = silver.coercion_counts(typed)
+    new_rows = silver.drop_raw(typed)
     gone = current_silver.join(
         listed, [current_silver[c].eqNullSafe(listed[c]) for c in version], "left_anti"
-    ).select(*_STUDY)
-    affected = touched.unionByName(gone).distinct().localCheckpoint(eager=True)
+    ).localCheckpoint(eager=True)
+    affected = (
+        new_rows.select(*_STUDY)
+        .unionByName(gone.select(*_STUDY))
+        .distinct()
+        .localCheckpoint(eager=True)
+    )
     summary.studies_recomputed = affected.count()
     if not summary.studies_recomputed:
         return
-    candidates = bronze.join(affected, _STUDY, "left_semi")
-    typed = silver.typed_instances(silver.current_instances(candidates, lake_files))
-    typed = typed.localCheckpoint(eager=True)
-    summary.coerced = silver.coercion_counts(typed)
-    fresh = silver.drop_raw(typed)
     old = current_silver.join(affected, _STUDY, "left_semi")
-    tombstones = (
-        old.join(fresh, _KEYS[SILVER_INSTANCES], "left_anti")
-        .select(*[F.col(c) for c in fresh.columns])
+    kept = old.join(gone.select(*keys), keys, "left_anti")
+    # a new version wins over the kept silver row when its watermark is higher
+    prior = kept.select(
+        *keys, F.col("watermark").alias("_old_wm"), F.col("versions").alias("_old_versions")
+    )
+    winners = (
+        new_rows.join(prior, keys, "left")
+        .where(F.col("_old_wm").isNull() | (F.col("watermark") > F.col("_old_wm")))
+        .withColumn("versions", F.col("versions") + F.coalesce(F.col("_old_versions"), F.lit(0)))
+        .select(*new_rows.columns)
         .localCheckpoint(eager=True)
     )
+    tombstones = gone.join(winners.select(*keys), keys, "left_anti").select(*new_rows.columns)
+    tombstones = tombstones.localCheckpoint(eager=True)
     summary.instances_deleted = tombstones.count()
-    summary.instances_changed = fresh.count() + summary.instances_deleted
-    source = fresh.withColumn("_delete", F.lit(False)).unionByName(
+    summary.instances_changed = winners.count() + summary.instances_deleted
+    source = winners.withColumn("_delete", F.lit(False)).unionByName(
         tombstones.withColumn("_delete", F.lit(True))
     )
     # patients of the affected studies, before and after, are recomputed too
