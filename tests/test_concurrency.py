@@ -94,7 +94,8 @@ def test_overlapping_ingests_never_duplicate_rows(spark, tmp_path: Path) -> None
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if leases.exists() and tables.read(LEASES).count() == 1:
+            committed = (leases / "00000000000000000000.json").exists()
+            if committed and tables.read(LEASES).count() == 1:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the first run ended before the overlap"

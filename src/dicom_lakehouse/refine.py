@@ -18,12 +18,13 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.config import Settings
 from dicom_lakehouse.ingest import BRONZE_INSTANCES, INGEST_RUNS, LAKE_FILES, ensure_bronze_tables
 from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.io.lease import LeaseHeldError, job_lease
 from dicom_lakehouse.spark import get_spark
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class RefineSummary:
     study_conflicts: int = 0
     coerced: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,9 +129,6 @@ def run_refine(
     run_id: str | None = None,
 ) -> RefineSummary:
     """Refine bronze into silver (incrementally unless ``full``)."""
-    from pyspark.sql import functions as F
-
-    from dicom_lakehouse import silver
 
     started = time.perf_counter()
     spark = get_spark(settings.spark, spark)
@@ -139,6 +138,32 @@ def run_refine(
     created = _ensure(spark, tables)
     full = full or SILVER_INSTANCES in created
     summary.full = full
+
+    try:
+        ttl = timedelta(minutes=settings.ingest.lease_minutes)
+        with job_lease(tables, "refine", summary.run_id, ttl=ttl):
+            _refine_locked(spark, settings, tables, full, summary)
+    except LeaseHeldError as exc:
+        summary.skipped_reason = "lease_held"
+        logger.info("refine skipped: %s", exc)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    if settings.mlflow.tracking_uri:
+        from dicom_lakehouse.tracking import lake_params, log_job
+
+        log_job(settings, "refine", {**lake_params(settings), "full": full}, summary.as_dict())
+    return summary
+
+
+def _refine_locked(
+    spark: SparkSession,
+    settings: Settings,
+    tables: DeltaTables,
+    full: bool,
+    summary: RefineSummary,
+) -> None:
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse import silver
 
     runs = tables.read(INGEST_RUNS).select("run_id").distinct()
     done = tables.read(REFINED_RUNS).select("run_id")
@@ -177,12 +202,6 @@ def run_refine(
         write_compat_tables(tables)
     studies = tables.read(SILVER_STUDIES)
     summary.study_conflicts = studies.where(F.col("attribute_conflicts") > 0).count()
-    summary.seconds = round(time.perf_counter() - started, 3)
-    if settings.mlflow.tracking_uri:
-        from dicom_lakehouse.tracking import lake_params, log_job
-
-        log_job(settings, "refine", {**lake_params(settings), "full": full}, summary.as_dict())
-    return summary
 
 
 def _refine_incrementally(

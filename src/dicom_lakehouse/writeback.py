@@ -21,13 +21,14 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.columns import LEDGER_COLUMNS
 from dicom_lakehouse.config import DicomWebConfig, Settings
 from dicom_lakehouse.errors import ConfigError
 from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.io.lease import job_lease
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
 from dicom_lakehouse.spark import get_spark
 
@@ -303,20 +304,22 @@ def run_writeback(
         todo = [k for k in keys if derivation_key(k[0], k[1], plan) not in done]
         summary.series = len(keys)
         summary.series_skipped = len(keys) - len(todo)
-        for start in range(0, len(todo), series_per_chunk):
-            chunk = todo[start : start + series_per_chunk]
-            wanted = spark.createDataFrame(
-                chunk, "partition_name string, series_instance_uid string"
-            )
-            rows = (
-                sized.join(wanted, ["partition_name", "series_instance_uid"], "left_semi")
-                .groupBy("partition_name", "study_instance_uid", "series_instance_uid")
-                .applyInPandas(functools.partial(_derive_and_store, plan), WRITEBACK_LEDGER)
-                .localCheckpoint(eager=True)
-            )
-            _merge_ledger(tables, rows)
-            _tally(rows, summary)
-            logger.info("write-back: %s of %s series done", start + len(chunk), len(todo))
+        ttl = timedelta(minutes=settings.ingest.lease_minutes)
+        with job_lease(tables, f"writeback/{cohort}/{deriver}", run_id, ttl=ttl):
+            for start in range(0, len(todo), series_per_chunk):
+                chunk = todo[start : start + series_per_chunk]
+                wanted = spark.createDataFrame(
+                    chunk, "partition_name string, series_instance_uid string"
+                )
+                rows = (
+                    sized.join(wanted, ["partition_name", "series_instance_uid"], "left_semi")
+                    .groupBy("partition_name", "study_instance_uid", "series_instance_uid")
+                    .applyInPandas(functools.partial(_derive_and_store, plan), WRITEBACK_LEDGER)
+                    .localCheckpoint(eager=True)
+                )
+                _merge_ledger(tables, rows)
+                _tally(rows, summary)
+                logger.info("write-back: %s of %s series done", start + len(chunk), len(todo))
     finally:
         summary.seconds = round(time.perf_counter() - started, 3)
         _end_tracking(settings, summary, tracking)
