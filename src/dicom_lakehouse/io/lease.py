@@ -95,30 +95,46 @@ def _current(tables: DeltaTables, name: str) -> _Lease | None:
     return _Lease(row["name"], row["holder"], expires)
 
 
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _try_acquire(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> _Lease:
+    """One MERGE; its metrics say whether this holder got the row (no read-back)."""
     now = datetime.now(UTC)
-    source = tables.spark.createDataFrame(
-        [(name, holder, now, now + ttl)],
-        "name string, holder string, acquired_at timestamp, expires_at timestamp",
-    )
+    target = f"delta.`{tables.ref(LEASES)}`" if tables.by_path else tables.ref(LEASES)
+
+    def micros(moment: datetime) -> str:  # time-zone independent literal
+        return f"timestamp_micros({int(moment.timestamp() * 1_000_000)})"
+
+    sql = f"""
+        MERGE INTO {target} t
+        USING (SELECT {_sql_str(name)} AS name, {_sql_str(holder)} AS holder,
+                      {micros(now)} AS acquired_at,
+                      {micros(now + ttl)} AS expires_at) s
+        ON t.name = s.name
+        WHEN MATCHED AND (t.expires_at < s.acquired_at OR t.holder = s.holder)
+            THEN UPDATE SET *
+        WHEN NOT MATCHED THEN INSERT *
+    """
     try:
-        (
-            _table(tables.spark, tables)
-            .alias("t")
-            .merge(source.alias("s"), "t.name = s.name")
-            .whenMatchedUpdateAll(condition="t.expires_at < s.acquired_at OR t.holder = s.holder")
-            .whenNotMatchedInsertAll()
-            .execute()
+        metrics = tables.spark.sql(sql).first()
+        won = metrics is not None and (
+            int(metrics["num_updated_rows"]) + int(metrics["num_inserted_rows"]) == 1
         )
     except Exception as exc:
         if not is_conflict(exc):
             raise
         logger.info("lease %s: lost a concurrent acquisition", name)
+        won = False
+    if won:
+        return _Lease(name, holder, now + ttl)
     lease = _current(tables, name)
-    if lease is None or lease.holder != holder:
-        holder_now = lease.holder if lease else "unknown"
-        raise LeaseHeldError(name, holder_now, lease.expires_at if lease else now)
-    return lease
+    if lease is not None and lease.holder == holder:
+        return lease
+    raise LeaseHeldError(
+        name, lease.holder if lease else "unknown", lease.expires_at if lease else now
+    )
 
 
 def _extend(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> None:
