@@ -133,3 +133,58 @@ def test_derived_objects_come_back_through_the_lake(spark, orthanc, lake_with_co
     ).collect()
     assert len(derived) == len(ledger)
     assert {r["sop_class_uid"] for r in derived} == {str(pydicom.uid.SecondaryCaptureImageStorage)}
+
+
+def test_seg_writeback_from_a_registered_mlflow_model(
+    spark, orthanc, lake_with_cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A tiny real pyfunc (a threshold segmenter) registered in a SQLite store, scored on
+    the executors; the SEG objects land in Orthanc, reference their sources, pass dciodvfy."""
+    import mlflow
+    import numpy as np
+
+    class Threshold(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return np.asarray(model_input) > -10_000  # everything is "tissue"
+
+    _, settings, cohort, _ = lake_with_cohort
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("seg", artifact_location=(tmp_path / "a").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Threshold(),
+            pip_requirements=[],
+            registered_model_name="threshold-seg",
+        )
+    tracked = settings.model_copy(
+        update={"mlflow": settings.mlflow.model_copy(update={"tracking_uri": uri})}
+    )
+    summary = run_writeback(
+        tracked, "ct_series", "seg", model_uri="models:/threshold-seg/1", spark=spark
+    )
+    assert summary.failed == 0 and summary.retryable == 0, summary
+    assert summary.derived == cohort.series
+    tables = DeltaTables(spark, settings.tables)
+    rows = tables.read(LEDGER).where("deriver = 'seg'").collect()
+    assert {r["model_version"] for r in rows} == {"threshold-seg:1"}
+    assert all(r["mlflow_run_id"] == summary.mlflow_run_id for r in rows)
+    client = orthanc.client()
+    for row in rows:
+        ds = client.retrieve_instance(
+            row["source_study_uid"], row["derived_series_uid"], row["derived_sop_uid"]
+        )
+        assert ds.Modality == "SEG"
+        referenced = {
+            i.ReferencedSOPInstanceUID
+            for s in ds.ReferencedSeriesSequence
+            for i in s.ReferencedInstanceSequence
+        }
+        assert referenced == set(row["source_sop_uids"].split(","))
+        out = tmp_path / f"{row['derived_sop_uid']}.dcm"
+        ds.save_as(out, enforce_file_format=True)
+        assert _dciodvfy(out) == []
+    run = mlflow.get_run(summary.mlflow_run_id)
+    assert run.data.params["deriver"] == "seg"
+    assert run.data.metrics["derived"] == summary.derived

@@ -280,6 +280,9 @@ def run_writeback(
     summary = WritebackSummary(
         run_id=run_id, cohort=cohort, cohort_version=version, deriver=deriver
     )
+    if settings.mlflow.tracking_uri:
+        # executors resolve models:/ URIs against the same tracking store
+        spark.sparkContext.environment["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
     tracking = _start_tracking(settings, summary, model_uri)
     try:
         plan = _plan(settings, cohort, version, deriver, model_uri, run_id, tracking)
