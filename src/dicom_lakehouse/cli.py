@@ -146,6 +146,27 @@ def cmd_writeback(args: argparse.Namespace) -> int:
     return 0 if not (summary["failed"] or summary["retryable"]) else 1
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from dicom_lakehouse.config_show import load_with_sources, render
+
+    settings, sources = load_with_sources(args.config or [], _parse_set(args.set or []))
+    print(render(settings, sources), end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from dicom_lakehouse.doctor import render, run_checks
+
+    checks = run_checks(_settings(args))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks]))
+    else:
+        print(render(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dicom_lakehouse.demo import run_demo
 
@@ -215,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow model URI (models:/... or runs:/...) for seg",
     )
     writeback.set_defaults(func=cmd_writeback)
+
+    config = sub.add_parser("config", help="inspect the resolved configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config as YAML, secrets masked")
+    common(show)
+    show.set_defaults(func=cmd_config_show)
+
+    doctor = sub.add_parser("doctor", help="check Spark/Delta, storage, tables, DICOMweb, MLflow")
+    common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
 
     demo = sub.add_parser("demo", help="build a sample lake locally and ingest it")
     demo.add_argument("--dir", default=".demo", help="folder for the sample lake and tables")

@@ -136,14 +136,14 @@ def parse_da(text: Column) -> Column:
     """A DICOM DA (``YYYYMMDD``) as DATE; NULL for malformed or impossible dates."""
     clean = F.trim(text)
     ok = clean.rlike(r"^[0-9]{8}$")
-    year = F.substring(clean, 1, 4).cast("int")
-    month = F.substring(clean, 5, 2).cast("int")
-    day = F.substring(clean, 7, 2).cast("int")
-    plausible = ok & month.between(1, 12) & (day >= 1) & (year >= 1800)
-    first = F.make_date(year, month, F.lit(1))
-    return F.when(
-        plausible & (day <= F.dayofmonth(F.last_day(first))), F.make_date(year, month, day)
-    )
+    # every cast is guarded on its own: Spark does not promise to short-circuit AND
+    year = F.when(ok, F.substring(clean, 1, 4).cast("int"))
+    month = F.when(ok, F.substring(clean, 5, 2).cast("int"))
+    day = F.when(ok, F.substring(clean, 7, 2).cast("int"))
+    plausible = F.coalesce(ok & month.between(1, 12) & (day >= 1) & (year >= 1800), F.lit(False))
+    first = F.make_date(F.when(plausible, year), F.when(plausible, month), F.lit(1))
+    fits = F.coalesce(day <= F.dayofmonth(F.last_day(first)), F.lit(False))
+    return F.when(plausible & fits, F.make_date(year, month, F.when(plausible & fits, day)))
 
 
 def parse_tm(text: Column) -> Column:
@@ -156,16 +156,19 @@ def parse_tm(text: Column) -> Column:
     frac = F.regexp_extract(clean, pattern, 4)
     mm = F.when(mm == "", F.lit("00")).otherwise(mm)
     ss = F.when(ss == "", F.lit("00")).otherwise(ss)
-    valid = (
-        clean.rlike(pattern) & (hh.cast("int") < 24) & (mm.cast("int") < 60) & (ss.cast("int") < 61)
-    )
+
+    def number(part: Column) -> Column:
+        return F.when(part.rlike("^[0-9]{2}$"), part.cast("int"))
+
+    valid = clean.rlike(pattern) & (number(hh) < 24) & (number(mm) < 60) & (number(ss) < 61)
     return F.when(valid, F.concat(hh, F.lit(":"), mm, F.lit(":"), ss, frac))
 
 
 def age_years(patient_age: Column, birth_date: Column, study_date: Column) -> Column:
     """Age in years from PatientAge (nnnY/M/W/D), else birth date vs study date."""
     clean = F.upper(F.trim(patient_age))
-    number = F.regexp_extract(clean, r"^([0-9]{1,3})([YMWD])$", 1).cast("double")
+    digits = F.regexp_extract(clean, r"^([0-9]{1,3})([YMWD])$", 1)
+    number = F.when(digits != "", digits.cast("double"))
     unit = F.regexp_extract(clean, r"^([0-9]{1,3})([YMWD])$", 2)
     from_age = (
         F.when(unit == "Y", number)
@@ -285,13 +288,13 @@ def typed_instances(current: DataFrame) -> DataFrame:
         parse_da(first("acquisition_date")).alias("acquisition_date"),
         F.when(
             study_date.isNotNull(),
-            F.to_timestamp(
+            F.try_to_timestamp(
                 F.concat(
                     F.date_format(study_date, "yyyy-MM-dd"),
                     F.lit(" "),
                     F.coalesce(F.substring(parse_tm(F.col("study_time")), 1, 8), F.lit("00:00:00")),
                 ),
-                "yyyy-MM-dd HH:mm:ss",
+                F.lit("yyyy-MM-dd HH:mm:ss"),
             ),
         ).alias("study_datetime"),
         "transfer_syntax_uid",

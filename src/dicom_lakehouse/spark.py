@@ -38,6 +38,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
 }
 
 
+_PLATFORM_ENV = ("DATABRICKS_RUNTIME_VERSION", "PYSPARK_GATEWAY_PORT", "SPARK_ENV_LOADED")
+
+
 def get_spark(config: SparkConfig | None = None, spark: SparkSession | None = None) -> SparkSession:
     """Return ``spark`` if given, the active session, or a new local Delta session."""
     if spark is not None:
@@ -52,6 +55,10 @@ def get_spark(config: SparkConfig | None = None, spark: SparkSession | None = No
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if config.master is None and any(os.environ.get(v) for v in _PLATFORM_ENV):
+        # a platform task (Databricks wheel task, spark-submit) with no session yet:
+        # attach to the cluster's context rather than start a local one
+        return SparkSession.builder.getOrCreate()
     if config.master is None:
         raise ConfigError(
             "no active Spark session and spark.master is not set: "
