@@ -103,7 +103,9 @@ def test_all_checks_pass_on_the_local_sample_lake(spark: Any, lake: Any) -> None
     assert list(found) == ["spark", "delta", "storage.list", "storage.read", "tables"]
     assert all(c.ok for c in checks), render(checks)
     assert f"Spark {spark.version}" in found["spark"].detail
-    assert "matches Databricks 16.4 LTS" in found["delta"].detail  # pyspark 3.5.x + Delta 3.3
+    # pyspark 3.5.x + Delta 3.3 is the Databricks 16.4 line; 4.0 + 4.0 is 17.3
+    line = "17.3 LTS" if spark.version.startswith("4.") else "16.4 LTS"
+    assert f"matches Databricks {line}" in found["delta"].detail
     assert "AHDS/ws1/dicom/svc1" in found["storage.list"].detail
     assert "(DICM)" in found["storage.read"].detail
     assert "scratch file" in found["tables"].detail

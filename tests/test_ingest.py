@@ -202,7 +202,7 @@ def test_killed_run_rerun_ends_with_no_duplicates_and_nothing_missing(
                 "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
                 "tables": {"location": str(tmp_path / "tables")},
                 "spark": {"master": "local[1]"},
-                "ingest": {"batch_files": 8},
+                "ingest": {"batch_files": 8, "lease_minutes": 0.05},
             }
         )
     )
@@ -224,7 +224,7 @@ def test_killed_run_rerun_ends_with_no_duplicates_and_nothing_missing(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(3.5)  # the killed run's lease (3 s, no more heartbeats) expires
+    time.sleep(6.5)  # the killed run's lease (3 s TTL, no more heartbeats) has expired
     settings = settings_for(
         tmp_path / "lake", tmp_path / "tables", ingest={"batch_files": 8, "lease_minutes": 0.05}
     )
