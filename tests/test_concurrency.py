@@ -32,7 +32,8 @@ def test_two_racing_acquisitions_let_exactly_one_in(spark, tmp_path: Path) -> No
     def contender(name: str) -> None:
         start.wait()
         try:
-            with job_lease(tables, "race", name, ttl=timedelta(minutes=1)):
+            with job_lease(tables, "race", name, ttl=timedelta(minutes=1)) as held:
+                held.wait()
                 outcomes[name] = "held"
                 inside.set()
                 release.wait(60)
@@ -55,17 +56,19 @@ def test_expired_lease_is_taken_over(spark, tmp_path: Path) -> None:  # type: ig
     tables = DeltaTables(spark, settings_for(tmp_path / "l", tmp_path / "t").tables)
     with (
         pytest.raises(LeaseHeldError),
-        job_lease(tables, "x", "a", ttl=timedelta(seconds=2)),
-        job_lease(tables, "x", "b", ttl=timedelta(seconds=2)),
+        job_lease(tables, "x", "a", ttl=timedelta(seconds=2)) as first,
+        job_lease(tables, "x", "b", ttl=timedelta(seconds=2)) as second,
     ):
-        pass  # pragma: no cover - b must be refused while a holds the lease
+        first.wait()
+        second.wait()  # b is refused while a holds the lease
     from dicom_lakehouse.io import lease as lease_module
 
     # a crashed holder: its row stays, with no heartbeat
     lease_module._ensure(tables)
     lease_module._try_acquire(tables, "y", "crashed", timedelta(seconds=1))
     time.sleep(1.5)
-    with job_lease(tables, "y", "next", ttl=timedelta(seconds=5)):
+    with job_lease(tables, "y", "next", ttl=timedelta(seconds=5)) as held:
+        held.wait()
         assert lease_module._current(tables, "y").holder == "next"
 
 

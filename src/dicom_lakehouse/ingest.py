@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_lakehouse.config import LakeConfig, Settings
 from dicom_lakehouse.extract import ExtractOptions
 from dicom_lakehouse.io.delta import DeltaTables
-from dicom_lakehouse.io.lease import LeaseHeldError, job_lease
+from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
 from dicom_lakehouse.lake.walker import plan_listing
 from dicom_lakehouse.spark import get_spark
@@ -215,8 +215,20 @@ def run_ingest(
             lease = f"ingest/{lake.workspace}/{lake.service}"
             ttl = timedelta(minutes=settings.ingest.lease_minutes)
             try:
-                with job_lease(tables, lease, run.run_id, ttl=ttl):
-                    _land(spark, settings, tables, spec, run, listing, scope, created, summary, say)
+                with job_lease(tables, lease, run.run_id, ttl=ttl) as held:
+                    _land(
+                        spark,
+                        settings,
+                        tables,
+                        spec,
+                        run,
+                        listing,
+                        scope,
+                        created,
+                        summary,
+                        say,
+                        held,
+                    )
                     with summary.phase("record"):
                         _record_run(spark, tables, lake, scope, run, listed, summary)
             except LeaseHeldError as exc:
@@ -244,8 +256,12 @@ def _land(
     created: set[str],
     summary: IngestSummary,
     say: Callable[[str], None],
+    held: LeaseHandle,
 ) -> None:
-    """Replace the listing in lake_files and land every new file version."""
+    """Replace the listing in lake_files and land every new file version.
+
+    Read-only work (comparing, reading headers) starts while the lease is still
+    being acquired; every write waits for it (``held.wait()``)."""
     from pyspark.sql import functions as F
 
     lake = settings.lake
@@ -258,6 +274,7 @@ def _land(
     )
 
     def write_listing() -> None:
+        held.wait()
         with summary.phase("lake_files"):
             if LAKE_FILES in created:
                 tables.append(stamped, LAKE_FILES)
@@ -267,7 +284,7 @@ def _land(
     # the listing's commit is independent of the bronze work: run them side by side
     with ThreadPoolExecutor(1, thread_name_prefix="dl-listing") as pool:
         listing_written = pool.submit(write_listing)
-        _land_instances(spark, settings, tables, spec, run, listing, created, summary, say)
+        _land_instances(spark, settings, tables, spec, run, listing, created, summary, say, held)
         listing_written.result()
 
 
@@ -281,6 +298,7 @@ def _land_instances(
     created: set[str],
     summary: IngestSummary,
     say: Callable[[str], None],
+    held: LeaseHandle,
 ) -> None:
     from pyspark.sql import functions as F
 
@@ -301,7 +319,7 @@ def _land_instances(
         f"{summary.files_unchanged} unchanged"
     )
     if todo:
-        _ingest_candidates(spark, settings, tables, spec, run, candidates, todo, summary, say)
+        _ingest_candidates(spark, settings, tables, spec, run, candidates, todo, summary, say, held)
 
 
 def _count_listing(listing: DataFrame, summary: IngestSummary) -> _Listing:
@@ -420,6 +438,7 @@ def _ingest_candidates(
     todo: int,
     summary: IngestSummary,
     say: Callable[[str], None],
+    held: LeaseHandle,
 ) -> None:
     from pyspark.sql import functions as F
 
@@ -441,6 +460,7 @@ def _ingest_candidates(
         try:
             good, bad = split_results(results, ingested_at=run.started_at, run_id=run.run_id)
             app = f"dicom-lakehouse-ingest-{run.run_id}"
+            held.wait()  # writes only under the lease
             with summary.phase("write"), ThreadPoolExecutor(2) as pool:
                 writes = [
                     pool.submit(

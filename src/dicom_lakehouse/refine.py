@@ -141,7 +141,8 @@ def run_refine(
 
     try:
         ttl = timedelta(minutes=settings.ingest.lease_minutes)
-        with job_lease(tables, "refine", summary.run_id, ttl=ttl):
+        with job_lease(tables, "refine", summary.run_id, ttl=ttl) as held:
+            held.wait()
             _refine_locked(spark, settings, tables, full, summary)
     except LeaseHeldError as exc:
         summary.skipped_reason = "lease_held"

@@ -308,7 +308,8 @@ def run_writeback(
         summary.series = len(keys)
         summary.series_skipped = len(keys) - len(todo)
         ttl = timedelta(minutes=settings.ingest.lease_minutes)
-        with job_lease(tables, f"writeback/{cohort}/{deriver}", run_id, ttl=ttl):
+        with job_lease(tables, f"writeback/{cohort}/{deriver}", run_id, ttl=ttl) as held:
+            held.wait()
             for start in range(0, len(todo), series_per_chunk):
                 chunk = todo[start : start + series_per_chunk]
                 wanted = spark.createDataFrame(

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from dicom_lakehouse.io.delta import DeltaTables
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["LEASES", "LeaseHeldError", "job_lease"]
+__all__ = ["LEASES", "LeaseHandle", "LeaseHeldError", "job_lease"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,16 +148,41 @@ def _extend(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> None
     )
 
 
+class LeaseHandle:
+    """A lease being acquired in the background: ``wait()`` before the first write."""
+
+    def __init__(self, future: Future[_Lease]) -> None:
+        self._future = future
+
+    def wait(self) -> None:
+        """Block until the lease is ours; raise :class:`LeaseHeldError` if it is not."""
+        self._future.result()
+
+    @property
+    def acquired(self) -> bool:
+        return self._future.done() and self._future.exception() is None
+
+
 @contextlib.contextmanager
 def job_lease(
     tables: DeltaTables, name: str, holder: str, *, ttl: timedelta = timedelta(minutes=10)
-) -> Iterator[None]:
-    """Hold the lease ``name`` for the duration of the block (heartbeat every ttl/3)."""
+) -> Iterator[LeaseHandle]:
+    """Hold the lease ``name`` for the duration of the block (heartbeat every ttl/3).
+
+    Acquisition runs in the background so read-only work can start at once; the
+    block must call ``handle.wait()`` before it writes (it raises
+    :class:`LeaseHeldError` when another run holds the lease).
+    """
     _ensure(tables)
-    _try_acquire(tables, name, holder, ttl)
     stop = threading.Event()
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"dl-lease-{name}")
+    handle = LeaseHandle(pool.submit(_try_acquire, tables, name, holder, ttl))
 
     def heartbeat() -> None:
+        try:
+            handle.wait()
+        except LeaseHeldError:
+            return
         while not stop.wait(ttl.total_seconds() / 3):
             for attempt in range(3):
                 try:
@@ -167,26 +193,32 @@ def job_lease(
                         logger.warning("lease %s: heartbeat failed (%s)", name, type(exc).__name__)
                         break
 
-    beat = threading.Thread(target=heartbeat, name=f"dl-lease-{name}", daemon=True)
+    beat = threading.Thread(target=heartbeat, name=f"dl-heartbeat-{name}", daemon=True)
     beat.start()
     try:
-        yield
+        yield handle
     finally:
         stop.set()
+        pool.shutdown(wait=True)
         beat.join(timeout=30)
-        from pyspark.sql import functions as F
+        if handle.acquired:
+            _release(tables, name, holder)
 
-        for attempt in range(3):
-            try:
-                _table(tables.spark, tables).delete(
-                    (F.col("name") == name) & (F.col("holder") == holder)
+
+def _release(tables: DeltaTables, name: str, holder: str) -> None:
+    from pyspark.sql import functions as F
+
+    for attempt in range(3):
+        try:
+            _table(tables.spark, tables).delete(
+                (F.col("name") == name) & (F.col("holder") == holder)
+            )
+            return
+        except Exception as exc:  # noqa: BLE001 - conflicts retried; the TTL is the backstop
+            if not is_conflict(exc) or attempt == 2:
+                logger.warning(
+                    "lease %s: release failed (%s); it expires by itself",
+                    name,
+                    type(exc).__name__,
                 )
-                break
-            except Exception as exc:  # noqa: BLE001 - conflicts retried; the TTL is the backstop
-                if not is_conflict(exc) or attempt == 2:
-                    logger.warning(
-                        "lease %s: release failed (%s); it expires by itself",
-                        name,
-                        type(exc).__name__,
-                    )
-                    break
+                return
