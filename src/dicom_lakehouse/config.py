@@ -136,6 +136,19 @@ class DicomWebConfig(_Model):
         default=False, description="Build /partitions/{partition} retrieve URLs per row"
     )
 
+    def client_settings(self) -> Any:
+        """The :class:`~dicom_lakehouse.dicomweb.DicomWebSettings` for this endpoint."""
+        from dicom_lakehouse.dicomweb import DicomWebSettings
+
+        return DicomWebSettings(
+            url=self.url,
+            partition=self.partition,
+            auth=self.auth,
+            username=self.username,
+            password_env=self.password_env,
+            method=self.method,
+        )
+
 
 class MlflowConfig(_Model):
     tracking_uri: str | None = None

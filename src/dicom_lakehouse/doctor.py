@@ -495,20 +495,13 @@ def _tables_check(settings: Settings, spark: SparkSession | None) -> Check:
 def _dicomweb_check(settings: Settings) -> Check:
     import requests
 
-    from dicom_lakehouse.dicomweb import BasicAuth, DicomWebSettings, EntraTokenAuth, studies_url
+    from dicom_lakehouse.dicomweb import BasicAuth, EntraTokenAuth, studies_url
     from dicom_lakehouse.dicomweb.auth import password_from_env
 
     config = settings.dicomweb
     assert config is not None
     try:
-        web = DicomWebSettings(
-            url=config.url,
-            partition=config.partition,
-            auth=config.auth,
-            username=config.username,
-            password_env=config.password_env,
-            method=config.method,
-        )
+        web = config.client_settings()
     except ConfigError as exc:
         return Check("dicomweb", False, str(exc), "fix dicomweb.url / dicomweb.partition")
     host = urlsplit(web.url).netloc

@@ -86,24 +86,11 @@ class _Plan:
     mlflow_run_id: str | None
 
 
-def _web_settings(config: DicomWebConfig) -> Any:
-    from dicom_lakehouse.dicomweb import DicomWebSettings
-
-    return DicomWebSettings(
-        url=config.url,
-        partition=config.partition,
-        auth=config.auth,
-        username=config.username,
-        password_env=config.password_env,
-        method=config.method,
-    )
-
-
 @functools.lru_cache(maxsize=4)
 def _client(config: DicomWebConfig) -> Any:
     from dicom_lakehouse.dicomweb import DicomWebClient
 
-    return DicomWebClient(_web_settings(config))
+    return DicomWebClient(config.client_settings())
 
 
 @functools.lru_cache(maxsize=4)
