@@ -10,7 +10,7 @@ bronze rows and quarantine rows.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -58,7 +58,7 @@ def listing_dataframe(
     schema = arrow_schema(LISTING_COLUMNS)
     task_list = list(tasks)
 
-    def list_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def list_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         backend = open_backend(spec)
         for batch in batches:
             for task_id in batch.column(0).to_pylist():
@@ -96,7 +96,7 @@ def read_headers(
         "access_tier",
     ]
 
-    def read_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def read_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         backend = open_backend(spec)
         rows = (row for batch in batches for row in batch.to_pylist())
         for chunk in _chunks(extract_rows(backend, rows, options), _OUT_ROWS):

@@ -209,7 +209,8 @@ def _table_version(spark: SparkSession, tables: DeltaTables, name: str) -> int:
         if tables.by_path
         else DeltaTable.forName(spark, tables.ref(name))
     )
-    return int(table.history(1).select("version").first()[0])
+    latest = table.history(1).select("version").first()
+    return int(latest[0]) if latest is not None else 0
 
 
 def read_cohort(

@@ -60,14 +60,16 @@ def log_cohort(
 ) -> str:
     """Log a cohort build as an MLflow run with the cohort as an input dataset."""
     import mlflow
+    from mlflow.data.spark_dataset import from_spark
     from pyspark.sql import functions as F
 
+    assert settings.mlflow.tracking_uri is not None
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     mlflow.set_experiment(settings.mlflow.experiment)
     members = tables.read("cohorts").where(
         (F.col("cohort_name") == summary.name) & (F.col("cohort_version") == summary.version)
     )
-    dataset = mlflow.data.from_spark(
+    dataset = from_spark(
         members.select(
             "partition_name",
             "study_instance_uid",

@@ -263,7 +263,8 @@ def run_writeback(
     tables = DeltaTables(spark, settings.tables)
     run_id = run_id or uuid.uuid4().hex
     members = read_cohort(settings, cohort, spark=spark)
-    version = int(members.select(F.max("cohort_version")).first()[0] or 0)
+    latest = members.select(F.max("cohort_version")).first()
+    version = int((latest[0] if latest is not None else None) or 0)
     summary = WritebackSummary(
         run_id=run_id, cohort=cohort, cohort_version=version, deriver=deriver
     )

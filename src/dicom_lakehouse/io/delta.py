@@ -17,7 +17,7 @@ from dicom_lakehouse.config import TablesConfig
 from dicom_lakehouse.errors import TableError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
 __all__ = ["TABLE_PROPERTIES", "DeltaTables"]
@@ -130,7 +130,7 @@ class DeltaTables:
         )
         columns = [c for c in source.columns if c != "_delete"]
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        assignments = {f"`{c}`": f"s.`{c}`" for c in columns}
+        assignments: dict[str, str | Column] = {f"`{c}`": f"s.`{c}`" for c in columns}
         (
             target.alias("t")
             .merge(source.alias("s"), condition)
