@@ -36,12 +36,27 @@ def sample_lake_session(tmp_path_factory: pytest.TempPathFactory):  # type: igno
     return build_sample_lake(tmp_path_factory.mktemp("lake"))
 
 
-def settings_for(lake_root: Path, tables: Path, **over: object):  # type: ignore[no-untyped-def]
-    from dicom_lakehouse.config import deep_merge, settings_from_mapping
+def config_mapping(lake_root: Path, tables: Path, **over: object) -> dict:  # type: ignore[type-arg]
+    """The tests' job configuration: the minimal config plus ``over`` layered on top."""
+    from dicom_lakehouse.config import deep_merge
 
     base = {
         "lake": {"root": str(lake_root), "workspace": "ws1", "service": "svc1"},
         "tables": {"location": str(tables)},
         "spark": {"master": "local[2]"},
     }
-    return settings_from_mapping(deep_merge(base, over))
+    return deep_merge(base, over)
+
+
+def settings_for(lake_root: Path, tables: Path, **over: object):  # type: ignore[no-untyped-def]
+    from dicom_lakehouse.config import settings_from_mapping
+
+    return settings_from_mapping(config_mapping(lake_root, tables, **over))
+
+
+def write_config(path: Path, lake_root: Path, tables: Path, **over: object) -> Path:
+    """The same configuration as a YAML file, for CLI runs."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(config_mapping(lake_root, tables, **over)))
+    return path

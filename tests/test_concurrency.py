@@ -10,13 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dicom_lakehouse.ingest import run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.io.lease import LEASES, LeaseHeldError, job_lease
 from dicom_lakehouse.testing import build_sample_lake
-from tests.conftest import settings_for
+from tests.conftest import settings_for, write_config
 
 pytestmark = pytest.mark.spark
 
@@ -75,16 +74,12 @@ def test_expired_lease_is_taken_over(spark, tmp_path: Path) -> None:  # type: ig
 def test_overlapping_ingests_never_duplicate_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A slow ingest (a real CLI process) still running when the next one starts."""
     lake = build_sample_lake(tmp_path / "lake", studies_per_partition=4)
-    config = tmp_path / "job.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
-                "tables": {"location": str(tmp_path / "tables")},
-                "spark": {"master": "local[1]"},
-                "ingest": {"batch_files": 6},
-            }
-        )
+    config = write_config(
+        tmp_path / "job.yaml",
+        tmp_path / "lake",
+        tmp_path / "tables",
+        spark={"master": "local[1]"},
+        ingest={"batch_files": 6},
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicom_lakehouse", "ingest", "--config", str(config)],

@@ -19,7 +19,7 @@ from dicom_lakehouse.cli import main
 from dicom_lakehouse.ingest import RunContext, run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.testing import build_sample_lake
-from tests.conftest import settings_for
+from tests.conftest import settings_for, write_config
 
 pytestmark = pytest.mark.spark
 
@@ -195,16 +195,12 @@ def test_killed_run_rerun_ends_with_no_duplicates_and_nothing_missing(
 ) -> None:  # type: ignore[no-untyped-def]
     """Kill a real CLI process (SIGKILL) after its first batch commit, then re-run."""
     lake = build_sample_lake(tmp_path / "lake", studies_per_partition=3)
-    config = tmp_path / "job.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "lake": {"root": str(tmp_path / "lake"), "workspace": "ws1", "service": "svc1"},
-                "tables": {"location": str(tmp_path / "tables")},
-                "spark": {"master": "local[1]"},
-                "ingest": {"batch_files": 8, "lease_minutes": 0.05},
-            }
-        )
+    config = write_config(
+        tmp_path / "job.yaml",
+        tmp_path / "lake",
+        tmp_path / "tables",
+        spark={"master": "local[1]"},
+        ingest={"batch_files": 8, "lease_minutes": 0.05},
     )
     bronze = tmp_path / "tables" / "bronze_instances"
     proc = subprocess.Popen(
