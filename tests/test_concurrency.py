@@ -63,7 +63,7 @@ def test_expired_lease_is_taken_over(spark, tmp_path: Path) -> None:  # type: ig
     from dicom_lakehouse.io import lease as lease_module
 
     # a crashed holder: its row stays, with no heartbeat
-    lease_module._ensure(tables)
+    lease_module.ensure_lease_table(tables)
     lease_module._try_acquire(tables, "y", "crashed", timedelta(seconds=1))
     time.sleep(1.5)
     with job_lease(tables, "y", "next", ttl=timedelta(seconds=5)) as held:

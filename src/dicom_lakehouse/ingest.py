@@ -16,7 +16,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from dicom_lakehouse.config import LakeConfig, Settings
 from dicom_lakehouse.extract import ExtractOptions
 from dicom_lakehouse.io.delta import DeltaTables
-from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
+from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, ensure_lease_table, job_lease
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
 from dicom_lakehouse.lake.walker import plan_listing
+from dicom_lakehouse.phases import timed
 from dicom_lakehouse.spark import get_spark
 
 if TYPE_CHECKING:
@@ -83,15 +84,9 @@ class IngestSummary:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     skipped_reason: str | None = None
 
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Time a phase of the run into ``phase_seconds``."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            spent = time.perf_counter() - started
-            self.phase_seconds[name] = round(self.phase_seconds.get(name, 0.0) + spent, 3)
+        return timed(self.phase_seconds, name)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,9 +127,13 @@ def ensure_bronze_tables(tables: DeltaTables) -> set[str]:
         (LAKE_FILES, schemas.LAKE_FILES, "The latest listing of the lake, every file"),
         (INGEST_RUNS, schemas.INGEST_RUNS, "One row per completed ingest run"),
     )
-    with ThreadPoolExecutor(len(specs), thread_name_prefix="dl-ensure") as pool:
+    # created side by side, the lease table with them (each creation is one commit)
+    with ThreadPoolExecutor(len(specs) + 1, thread_name_prefix="dl-ensure") as pool:
+        leases = pool.submit(ensure_lease_table, tables)
         made = pool.map(lambda spec: tables.ensure(spec[0], spec[1], comment=spec[2]), specs)
-        return {spec[0] for spec, new in zip(specs, made, strict=True) if new}
+        created = {spec[0] for spec, new in zip(specs, made, strict=True) if new}
+        leases.result()
+        return created
 
 
 def _sql_str(value: str) -> str:
@@ -215,22 +214,37 @@ def run_ingest(
             lease = f"ingest/{lake.workspace}/{lake.service}"
             ttl = timedelta(minutes=settings.ingest.lease_minutes)
             try:
-                with job_lease(tables, lease, run.run_id, ttl=ttl) as held:
-                    _land(
-                        spark,
-                        settings,
-                        tables,
-                        spec,
-                        run,
-                        listing,
-                        scope,
-                        created,
-                        summary,
-                        say,
-                        held,
-                    )
-                    with summary.phase("record"):
-                        _record_run(spark, tables, lake, scope, run, listed, summary)
+                with ThreadPoolExecutor(1, thread_name_prefix="dl-record") as pool:
+                    with job_lease(tables, lease, run.run_id, ttl=ttl) as held:
+                        _land(
+                            spark,
+                            settings,
+                            tables,
+                            spec,
+                            run,
+                            listing,
+                            scope,
+                            created,
+                            summary,
+                            say,
+                            held,
+                        )
+                        # the run's record and the lease's release are independent
+                        # commits: the release runs while the record is written
+                        recorded = pool.submit(
+                            _timed,
+                            summary,
+                            "record",
+                            _record_run,
+                            spark,
+                            tables,
+                            lake,
+                            scope,
+                            run,
+                            listed,
+                            summary,
+                        )
+                    recorded.result()
             except LeaseHeldError as exc:
                 # an overlapping scheduled run is still landing files: leave it to it
                 summary.skipped_reason = "lease_held"
@@ -302,17 +316,17 @@ def _land_instances(
 ) -> None:
     from pyspark.sql import functions as F
 
-    with summary.phase("compare"):
-        instances = listing.where(F.col("kind") == "instance")
-        if {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= created:
-            pending = instances  # nothing has landed yet
-        else:
-            pending = _new_versions(instances, tables)
-        # Checkpoint: Delta reads the latest snapshot on every action, so a lazy
-        # anti-join would shrink as the batches commit.
-        candidates = pending.localCheckpoint(eager=True)
-        todo = candidates.count()
+    instances = listing.where(F.col("kind") == "instance")
     instance_count = summary.files_listed - summary.files_ignored - summary.files_foreign
+    if {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= created:
+        # nothing has landed yet: every listed instance (the listing is persisted)
+        candidates, todo = instances, instance_count
+    else:
+        with summary.phase("compare"):
+            # Checkpoint: Delta reads the latest snapshot on every action, so a lazy
+            # anti-join would shrink as the batches commit.
+            candidates = _new_versions(instances, tables).localCheckpoint(eager=True)
+            todo = candidates.count()
     summary.files_unchanged = instance_count - todo
     say(
         f"listed {summary.files_listed} files: {todo} new file versions, "
@@ -440,6 +454,7 @@ def _ingest_candidates(
     say: Callable[[str], None],
     held: LeaseHandle,
 ) -> None:
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from dicom_lakehouse.bronze import read_headers, split_results
@@ -454,10 +469,19 @@ def _ingest_candidates(
             batch = candidates.where(F.pmod(F.xxhash64("file_path"), F.lit(n_batches)) == index)
         size = math.ceil(todo / n_batches)
         n_tasks = max(parallelism, math.ceil(size / cfg.files_per_task))
-        # computed once (eagerly), then written to both tables and counted
+        # read once: the job that counts the results also caches them, and both
+        # tables are written from that cache
         with summary.phase("read"):
-            results = read_headers(batch, spec, options, tasks=n_tasks).localCheckpoint(eager=True)
+            results = read_headers(batch, spec, options, tasks=n_tasks).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
         try:
+            with summary.phase("read"):
+                stats = (
+                    results.groupBy("status", "reason")
+                    .agg(F.count("*").alias("n"), F.sum("header_bytes_read").alias("bytes"))
+                    .collect()
+                )
             good, bad = split_results(results, ingested_at=run.started_at, run_id=run.run_id)
             app = f"dicom-lakehouse-ingest-{run.run_id}"
             held.wait()  # writes only under the lease
@@ -472,12 +496,6 @@ def _ingest_candidates(
                 ]
                 for write in writes:
                     write.result()
-            with summary.phase("stats"):
-                stats = (
-                    results.groupBy("status", "reason")
-                    .agg(F.count("*").alias("n"), F.sum("header_bytes_read").alias("bytes"))
-                    .collect()
-                )
         finally:
             results.unpersist()
         for row in stats:

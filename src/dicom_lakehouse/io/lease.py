@@ -25,7 +25,7 @@ from dicom_lakehouse.io.delta import DeltaTables
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["LEASES", "LeaseHandle", "LeaseHeldError", "job_lease"]
+__all__ = ["LEASES", "LeaseHandle", "LeaseHeldError", "ensure_lease_table", "job_lease"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def _table(spark: SparkSession, tables: DeltaTables):  # type: ignore[no-untyped
     return DeltaTable.forPath(spark, ref) if tables.by_path else DeltaTable.forName(spark, ref)
 
 
-def _ensure(tables: DeltaTables) -> None:
+def ensure_lease_table(tables: DeltaTables) -> bool:
+    """Create ``job_leases`` if missing (jobs may do it with their other tables)."""
     from pyspark.sql import types as T
 
     schema = T.StructType(
@@ -81,7 +82,7 @@ def _ensure(tables: DeltaTables) -> None:
             T.StructField("expires_at", T.TimestampType()),
         ]
     )
-    tables.ensure(LEASES, schema, comment="Who may write for each job scope, until when")
+    return tables.ensure(LEASES, schema, comment="Who may write for each job scope, until when")
 
 
 def _current(tables: DeltaTables, name: str) -> _Lease | None:
@@ -173,7 +174,7 @@ def job_lease(
     block must call ``handle.wait()`` before it writes (it raises
     :class:`LeaseHeldError` when another run holds the lease).
     """
-    _ensure(tables)
+    ensure_lease_table(tables)
     stop = threading.Event()
     pool = ThreadPoolExecutor(1, thread_name_prefix=f"dl-lease-{name}")
     handle = LeaseHandle(pool.submit(_try_acquire, tables, name, holder, ttl))
