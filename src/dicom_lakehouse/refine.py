@@ -14,6 +14,7 @@ Neither needs a table feature beyond reader 1 / writer 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -25,6 +26,7 @@ from dicom_lakehouse.config import Settings
 from dicom_lakehouse.ingest import BRONZE_INSTANCES, INGEST_RUNS, LAKE_FILES, ensure_bronze_tables
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.io.lease import LeaseHeldError, job_lease
+from dicom_lakehouse.phases import timed
 from dicom_lakehouse.spark import get_spark
 
 if TYPE_CHECKING:
@@ -74,7 +76,12 @@ class RefineSummary:
     study_conflicts: int = 0
     coerced: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     skipped_reason: str | None = None
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Time a phase of the run into ``phase_seconds``."""
+        return timed(self.phase_seconds, name)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,43 +173,51 @@ def _refine_locked(
 
     from dicom_lakehouse import silver
 
-    runs = tables.read(INGEST_RUNS).select("run_id").distinct()
-    done = tables.read(REFINED_RUNS).select("run_id")
-    new_runs = [r["run_id"] for r in runs.join(done, "run_id", "left_anti").collect()]
+    with summary.phase("runs"):
+        runs = tables.read(INGEST_RUNS).select("run_id").distinct()
+        done = tables.read(REFINED_RUNS).select("run_id")
+        new_runs = [r["run_id"] for r in runs.join(done, "run_id", "left_anti").collect()]
     summary.ingest_runs_refined = len(new_runs)
     bronze = tables.read(BRONZE_INSTANCES)
     lake_files = tables.read(LAKE_FILES)
 
     if full:
-        typed = silver.typed_instances(silver.current_instances(bronze, lake_files))
-        typed = typed.localCheckpoint(eager=True)
-        summary.coerced = silver.coercion_counts(typed)
+        with summary.phase("typed"):
+            typed = silver.typed_instances(silver.current_instances(bronze, lake_files))
+            typed = typed.localCheckpoint(eager=True)
+            summary.coerced = silver.coercion_counts(typed)
         instances = silver.drop_raw(typed)
-        tables.overwrite(instances, SILVER_INSTANCES)
+        with summary.phase("write_instances"):
+            tables.overwrite(instances, SILVER_INSTANCES)
         summary.instances_changed = instances.count()
         current = tables.read(SILVER_INSTANCES)
-        for name, df in _silver_frames(current).items():
-            tables.overwrite(df, name)
+        with summary.phase("rollups"):
+            for name, df in _silver_frames(current).items():
+                tables.overwrite(df, name)
         if settings.silver.zorder:
-            _zorder(spark, tables)
+            with summary.phase("zorder"):
+                _zorder(spark, tables)
     elif new_runs:
         _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary)
     if new_runs:
         stamp = datetime.now(UTC)
         rows = [(r, summary.run_id, stamp) for r in new_runs]
-        tables.append(
-            spark.createDataFrame(
-                rows, "run_id string, refine_run_id string, refined_at timestamp"
-            ),
-            REFINED_RUNS,
-        )
-    _count(tables, summary)
+        with summary.phase("record"):
+            tables.append(
+                spark.createDataFrame(
+                    rows, "run_id string, refine_run_id string, refined_at timestamp"
+                ),
+                REFINED_RUNS,
+            )
+    with summary.phase("count"):
+        _count(tables, summary)
+        studies = tables.read(SILVER_STUDIES)
+        summary.study_conflicts = studies.where(F.col("attribute_conflicts") > 0).count()
     if settings.silver.compat_tables:
         from dicom_lakehouse.compat import write_compat_tables
 
-        write_compat_tables(tables)
-    studies = tables.read(SILVER_STUDIES)
-    summary.study_conflicts = studies.where(F.col("attribute_conflicts") > 0).count()
+        with summary.phase("compat"):
+            write_compat_tables(tables)
 
 
 def _refine_incrementally(
@@ -213,79 +228,122 @@ def _refine_incrementally(
     new_runs: list[str],
     summary: RefineSummary,
 ) -> None:
+    """Recompute the studies touched by ``new_runs`` or by files gone from the lake.
+
+    Silver is read through narrow projections (keys, versions, watermarks) except
+    for the touched studies' rows, so the cost follows the change, not the table."""
     from pyspark.sql import functions as F
 
     from dicom_lakehouse import silver
 
     version = ["file_path", "file_size", "last_modified", "etag"]
     keys = _KEYS[SILVER_INSTANCES]
+    patient = _KEYS[SILVER_PATIENTS]
     listed = lake_files.where(F.col("kind") == "instance").select(*version)
     current_silver = tables.read(SILVER_INSTANCES)
-    # Only the new file versions are read from bronze (each batch file holds one
-    # run_id, so Parquet skips the rest): an older version can only be current
-    # already, i.e. in silver.
-    typed = silver.typed_instances(
-        silver.current_instances(bronze.where(F.col("run_id").isin(new_runs)), lake_files)
-    ).localCheckpoint(eager=True)
-    summary.coerced = silver.coercion_counts(typed)
+    with summary.phase("typed"):
+        # Only the new file versions are read from bronze (each batch file holds one
+        # run_id, so Parquet skips the rest): an older version can only be current
+        # already, i.e. in silver.
+        typed = silver.typed_instances(
+            silver.current_instances(bronze.where(F.col("run_id").isin(new_runs)), lake_files)
+        ).localCheckpoint(eager=True)
+        summary.coerced = silver.coercion_counts(typed)
     new_rows = silver.drop_raw(typed)
-    gone = current_silver.join(
-        listed, [current_silver[c].eqNullSafe(listed[c]) for c in version], "left_anti"
-    ).localCheckpoint(eager=True)
-    affected = (
-        new_rows.select(*_STUDY)
-        .unionByName(gone.select(*_STUDY))
-        .distinct()
-        .localCheckpoint(eager=True)
-    )
-    summary.studies_recomputed = affected.count()
-    if not summary.studies_recomputed:
+    with summary.phase("gone"):
+        # silver rows whose file version is no longer listed (keys only)
+        narrow = current_silver.select(*keys, "study_instance_uid", *patient[1:], *version)
+        gone = (
+            narrow.join(listed, [narrow[c].eqNullSafe(listed[c]) for c in version], "left_anti")
+            .select(*keys, "study_instance_uid", *patient[1:])
+            .localCheckpoint(eager=True)
+        )
+        affected_rows = (
+            new_rows.select(*_STUDY).unionByName(gone.select(*_STUDY)).distinct().collect()
+        )
+    summary.studies_recomputed = len(affected_rows)
+    if not affected_rows:
         return
-    old = current_silver.join(affected, _STUDY, "left_semi")
-    kept = old.join(gone.select(*keys), keys, "left_anti")
-    # a new version wins over the kept silver row when its watermark is higher
-    prior = kept.select(
-        *keys, F.col("watermark").alias("_old_wm"), F.col("versions").alias("_old_versions")
-    )
-    winners = (
-        new_rows.join(prior, keys, "left")
-        .where(F.col("_old_wm").isNull() | (F.col("watermark") > F.col("_old_wm")))
-        .withColumn("versions", F.col("versions") + F.coalesce(F.col("_old_versions"), F.lit(0)))
-        .select(*new_rows.columns)
-        .localCheckpoint(eager=True)
-    )
-    tombstones = gone.join(winners.select(*keys), keys, "left_anti").select(*new_rows.columns)
-    tombstones = tombstones.localCheckpoint(eager=True)
-    summary.instances_deleted = tombstones.count()
-    summary.instances_changed = winners.count() + summary.instances_deleted
+    affected = F.broadcast(spark.createDataFrame(affected_rows, new_rows.select(*_STUDY).schema))
+    with summary.phase("winners"):
+        prior = (
+            current_silver.join(affected, _STUDY, "left_semi")
+            .select(*keys, *patient[1:], "watermark", "versions")
+            .localCheckpoint(eager=True)
+        )
+        kept = prior.join(gone.select(*keys), keys, "left_anti")
+        # a new version wins over the kept silver row when its watermark is higher
+        old = kept.select(
+            *keys, F.col("watermark").alias("_old_wm"), F.col("versions").alias("_old_versions")
+        )
+        winners = (
+            new_rows.join(old, keys, "left")
+            .where(F.col("_old_wm").isNull() | (F.col("watermark") > F.col("_old_wm")))
+            .withColumn(
+                "versions", F.col("versions") + F.coalesce(F.col("_old_versions"), F.lit(0))
+            )
+            .select(*new_rows.columns)
+            .localCheckpoint(eager=True)
+        )
+        # a deleted row needs only its keys: the other columns are typed NULLs
+        tombstones = gone.select(*keys).join(winners.select(*keys), keys, "left_anti")
+        tombstones = tombstones.select(
+            *[
+                F.col(c) if c in keys else F.lit(None).cast(new_rows.schema[c].dataType).alias(c)
+                for c in new_rows.columns
+            ]
+        ).localCheckpoint(eager=True)
+        summary.instances_deleted = tombstones.count()
+        summary.instances_changed = winners.count() + summary.instances_deleted
     source = winners.withColumn("_delete", F.lit(False)).unionByName(
         tombstones.withColumn("_delete", F.lit(True))
     )
     # patients of the affected studies, before and after, are recomputed too
-    patients_before = old.select(*_KEYS[SILVER_PATIENTS]).distinct().localCheckpoint(eager=True)
-    tables.merge_with_deletes(source, SILVER_INSTANCES, _KEYS[SILVER_INSTANCES])
+    patients_before = prior.select(*patient).distinct()
+    with summary.phase("merge_instances"):
+        tables.merge_with_deletes(source, SILVER_INSTANCES, keys)
     after = tables.read(SILVER_INSTANCES)
-    in_studies = after.join(affected, _STUDY, "left_semi")
-    patient_keys = (
-        in_studies.select(*_KEYS[SILVER_PATIENTS]).unionByName(patients_before).distinct()
-    )
-    scopes = {
-        SILVER_SERIES: (in_studies, affected, _STUDY),
-        SILVER_STUDIES: (in_studies, affected, _STUDY),
-        SILVER_PATIENTS: (
-            after.join(patient_keys, _KEYS[SILVER_PATIENTS], "left_semi"),
-            patient_keys,
-            _KEYS[SILVER_PATIENTS],
-        ),
-    }
-    for name, (rows, scope, scope_keys) in scopes.items():
-        fresh_rows = _silver_frames(rows)[name].localCheckpoint(eager=True)
-        existing = tables.read(name).join(scope, scope_keys, "left_semi")
-        stale = existing.join(fresh_rows, _KEYS[name], "left_anti").select(*fresh_rows.columns)
+    with summary.phase("rollups"):
+        # the touched studies' rows, without the one wide column no rollup reads
+        in_studies = (
+            after.drop("metadata_json")
+            .join(affected, _STUDY, "left_semi")
+            .localCheckpoint(eager=True)
+        )
+        patient_keys = (
+            in_studies.select(*patient)
+            .unionByName(patients_before)
+            .distinct()
+            .localCheckpoint(eager=True)
+        )
+        scopes = {
+            SILVER_SERIES: (in_studies, affected, _STUDY),
+            SILVER_STUDIES: (in_studies, affected, _STUDY),
+            SILVER_PATIENTS: (
+                _match(after, F.broadcast(patient_keys), patient, "left_semi"),
+                patient_keys,
+                patient,
+            ),
+        }
+        fresh = {
+            name: _silver_frames(rows)[name].localCheckpoint(eager=True)
+            for name, (rows, _, _) in scopes.items()
+        }
+    for name, (_, scope, scope_keys) in scopes.items():
+        fresh_rows = fresh[name]
+        existing = _match(tables.read(name), F.broadcast(scope), scope_keys, "left_semi")
+        stale = _match(existing, fresh_rows, _KEYS[name], "left_anti").select(*fresh_rows.columns)
         merged = fresh_rows.withColumn("_delete", F.lit(False)).unionByName(
             stale.withColumn("_delete", F.lit(True))
         )
-        tables.merge_with_deletes(merged, name, _KEYS[name])
+        with summary.phase(f"merge_{name.removeprefix('silver_')}"):
+            tables.merge_with_deletes(merged, name, _KEYS[name])
+
+
+def _match(left: DataFrame, right: DataFrame, keys: list[str], how: str) -> DataFrame:
+    """``left`` semi/anti-joined to ``right`` on ``keys``, NULL matching NULL (a
+    patient without an issuer is still one patient)."""
+    return left.join(right, [left[k].eqNullSafe(right[k]) for k in keys], how)
 
 
 def _zorder(spark: SparkSession, tables: DeltaTables) -> None:
