@@ -38,6 +38,7 @@ from dicom_lakehouse.derive import (
 from dicom_lakehouse.derive.sc import montage_frames
 from dicom_lakehouse.errors import DeriveError
 from dicom_lakehouse.testing.sample_lake import build_ct_lake
+from tests.helpers import mlflow_store
 
 Series = Callable[[], list[Dataset]]
 THRESHOLD = 1500.0  # the phantom's bright core (~1800) and nothing else
@@ -373,10 +374,9 @@ def registered_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
             return np.asarray(model_input) > self.threshold
 
     root = tmp_path_factory.mktemp("mlflow")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
-    try:
+    # tracking and registry URIs are put back as they were afterwards (unset, not pinned
+    # to the default store: a pinned registry sent later tests' models to ./mlflow.db)
+    with mlflow_store(f"sqlite:///{root}/mlflow.db"):
         experiment = mlflow.create_experiment(
             "derive", artifact_location=(root / "artifacts").as_uri()
         )
@@ -394,9 +394,6 @@ def registered_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
             )
         mlflow.MlflowClient().set_registered_model_alias("core-threshold", "champion", "1")
         yield {"run_id": run.info.run_id, "model_id": info.model_id}
-    finally:
-        mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous)
 
 
 # MLflow's advice on input examples and its SQLAlchemy deprecations. (Its advice to add
@@ -434,6 +431,30 @@ def test_seg_from_a_registered_mlflow_model(
         (again,) = get_deriver("seg", model_uri=uri).derive(sources)
         assert again.SOPInstanceUID == seg.SOPInstanceUID
         assert again.to_json() == seg.to_json()
+
+
+@MLFLOW_NOISE
+def test_a_named_store_wins_over_mlflow_process_state(
+    registered_model: dict[str, Any], ct_series: Series, tmp_path: Path
+) -> None:
+    """What the executors do: the store is passed, whatever MLflow's globals point at."""
+    import mlflow
+
+    store = mlflow.get_tracking_uri()  # the fixture's store
+    expected = get_deriver("seg", model_uri="models:/core-threshold/1").derive(ct_series())
+    with mlflow_store(f"sqlite:///{tmp_path}/elsewhere.db"):
+        with pytest.raises(DeriveError):
+            load_mask_model("models:/core-threshold/1")  # not in that store
+        model = load_mask_model("models:/core-threshold/1", tracking_uri=store)
+        assert (model.name, model.version) == ("core-threshold", "1")
+        assert model.run_id == registered_model["run_id"]
+        assert model.model_id == registered_model["model_id"]
+        assert model.uri == "models:/core-threshold/1"
+        (seg,) = get_deriver(
+            "seg", model_uri="models:/core-threshold/1", tracking_uri=store
+        ).derive(ct_series())
+    assert seg.SOPInstanceUID == expected[0].SOPInstanceUID
+    assert mlflow.get_tracking_uri() == store
 
 
 @MLFLOW_NOISE

@@ -50,12 +50,18 @@ def _seg(
     mask_fn: MaskFn | None = None,
     model_name: str | None = None,
     model_version: str | None = None,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
     **options: Any,
 ) -> SegmentationDeriver:
     given = [m for m in (model, model_uri, mask_fn) if m is not None]
     if len(given) != 1:
         raise ConfigError("seg needs exactly one of 'model', 'model_uri' or 'mask_fn'")
+    if (tracking_uri or registry_uri) and model_uri is None:
+        raise ConfigError("'tracking_uri'/'registry_uri' go with 'model_uri' only")
     chosen = given[0]
+    if model_uri is not None and (tracking_uri or registry_uri):
+        chosen = load_mask_model(model_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
     if model_name is not None or model_version is not None:
         if mask_fn is None:
             raise ConfigError("'model_name'/'model_version' go with 'mask_fn' only")
@@ -74,9 +80,10 @@ def get_deriver(name: str, **options: Any) -> Deriver:
     """The deriver called ``name`` (``sc``, ``seg``) built with ``options``.
 
     ``sc`` options: see :class:`SecondaryCaptureDeriver`. ``seg`` takes exactly one of
-    ``model`` (a :class:`MaskModel`, callable or URI), ``model_uri`` (an MLflow model URI)
-    or ``mask_fn`` (a callable, with optional ``model_name``/``model_version``), plus the
-    options of :class:`SegmentationDeriver`. Raises
+    ``model`` (a :class:`MaskModel`, callable or URI), ``model_uri`` (an MLflow model URI,
+    resolved in the store ``tracking_uri``/``registry_uri`` when given) or ``mask_fn`` (a
+    callable, with optional ``model_name``/``model_version``), plus the options of
+    :class:`SegmentationDeriver`. Raises
     :class:`~dicom_lakehouse.errors.ConfigError` for an unknown name or option, and
     :class:`DeriveError` ``model_load_failed`` when a model cannot be loaded.
     """

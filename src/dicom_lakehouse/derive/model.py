@@ -113,7 +113,9 @@ def _shown(uri: str) -> str:
     return uri.split("?", 1)[0].split("#", 1)[0]
 
 
-def _registered(model_uri: str) -> tuple[str, str] | None:
+def _registered(
+    model_uri: str, tracking_uri: str | None, registry_uri: str | None
+) -> tuple[str, str] | None:
     """``(name, version)`` of a ``models:/name/version|latest|stage`` or ``models:/name@alias``
     URI, resolved in the model registry; None for any other URI."""
     if not model_uri.startswith("models:/"):
@@ -121,7 +123,7 @@ def _registered(model_uri: str) -> tuple[str, str] | None:
     path = model_uri.removeprefix("models:/").strip("/")
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
     if "/" in path:
         name, suffix = path.split("/", 1)
         if _VERSION_SUFFIX.match(suffix):
@@ -141,7 +143,27 @@ def _registered(model_uri: str) -> tuple[str, str] | None:
     return None  # models:/<logged model id>
 
 
-def load_mask_model(model_uri: str) -> MaskModel:
+def _artifact_location(uri: str, tracking_uri: str | None, registry_uri: str | None) -> str:
+    """Where the artifacts of a ``models:/name/version`` or ``models:/<logged model id>``
+    URI are, looked up in the given store; any other URI as it is."""
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    path = uri.removeprefix("models:/").strip("/")
+    if "/" in path:
+        name, version = path.split("/", 1)
+        uri = client.get_model_version_download_uri(name, version)
+        if not uri.startswith("models:/"):
+            return uri
+        path = uri.removeprefix("models:/").strip("/")
+    return str(client.get_logged_model(path).artifact_location)  # MLflow 3 logged model
+
+
+def load_mask_model(
+    model_uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None
+) -> MaskModel:
     """Load an MLflow pyfunc mask model (``models:/name/1``, ``models:/name@alias``,
     ``models:/m-<id>``, ``runs:/<run id>/<path>``, a local path) as a :class:`MaskModel`.
 
@@ -149,7 +171,13 @@ def load_mask_model(model_uri: str) -> MaskModel:
     recorded is the version used; the URI recorded drops any query string (a signed URL's
     token). Unregistered models take their logged-model id (else run
     id) as the version. Raises :class:`DeriveError` ``model_load_failed``.
+
+    ``tracking_uri`` (and ``registry_uri``, default: the tracking URI) name the MLflow
+    store to resolve and fetch the model from, whatever the process-wide MLflow URIs and
+    ``MLFLOW_*`` variables say; unset, MLflow's own resolution applies.
     """
+    if tracking_uri is not None and registry_uri is None:
+        registry_uri = tracking_uri
     try:
         import mlflow
         from mlflow.exceptions import MlflowException
@@ -158,16 +186,24 @@ def load_mask_model(model_uri: str) -> MaskModel:
             "model_load_failed", "mlflow is not installed (the 'mlflow' extra)"
         ) from exc
     try:
-        registered = _registered(model_uri)
+        registered = _registered(model_uri, tracking_uri, registry_uri)
         pinned = f"models:/{registered[0]}/{registered[1]}" if registered else model_uri
-        pyfunc = mlflow.pyfunc.load_model(pinned)
+        source = pinned
+        if tracking_uri is not None or registry_uri is not None:
+            # fetch from the named store: load_model (and download_artifacts for models:/
+            # URIs, in MLflow 3.x) resolve against the process-wide URIs instead
+            source = mlflow.artifacts.download_artifacts(
+                artifact_uri=_artifact_location(pinned, tracking_uri, registry_uri),
+                tracking_uri=tracking_uri,
+            )
+        pyfunc = mlflow.pyfunc.load_model(source)
         meta = pyfunc.metadata
         run_id = getattr(meta, "run_id", None) or None
         model_id = getattr(meta, "model_id", None) or None
         if registered is not None:
             name, version = registered
         else:
-            info = mlflow.models.get_model_info(pinned)
+            info = mlflow.models.get_model_info(source)
             name = info.name or (info.artifact_path or "model").rstrip("/").rsplit("/", 1)[-1]
             version = model_id or run_id or str(info.model_uuid)
     except (MlflowException, OSError) as exc:
