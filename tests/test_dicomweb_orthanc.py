@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 import requests
 
 from dicom_lakehouse.dicomweb import DicomWebClient, DicomWebSettings, EncodedInstance, StoreStatus
 from dicom_lakehouse.errors import DicomWebAuthError, DicomWebRequestError, DicomWebTransientError
+from tests.helpers import StormServer, storm_proxy
 from tests.services.orthanc import REJECT_PATIENT_ID, OrthancServer, free_port, make_ct_dataset
 
 
@@ -198,71 +196,18 @@ def test_server_down_is_retried_then_fails_clearly() -> None:
         assert ceiling / 2 <= delay <= ceiling
 
 
-class _StormProxy(BaseHTTPRequestHandler):
-    """Answers 503 for the first ``storms`` requests, then forwards to Orthanc."""
-
-    server: _StormServer
-
-    def _handle(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        with self.server.lock:
-            self.server.seen.append(self.command)
-            storm = len(self.server.seen) <= self.server.storms
-        if storm:
-            self.send_response(503)
-            self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host",)}
-        upstream = requests.request(
-            self.command, self.server.target + self.path, headers=headers, data=body, timeout=30
-        )
-        self.send_response(upstream.status_code)
-        for key in ("Content-Type",):
-            if key in upstream.headers:
-                self.send_header(key, upstream.headers[key])
-        self.send_header("Content-Length", str(len(upstream.content)))
-        self.end_headers()
-        self.wfile.write(upstream.content)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-for _verb in ("GET", "POST", "PUT"):
-    setattr(_StormProxy, f"do_{_verb}", _StormProxy._handle)
-
-
-class _StormServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, target: str, storms: int) -> None:
-        super().__init__(("127.0.0.1", 0), _StormProxy)
-        self.target, self.storms = target, storms
-        self.seen: list[str] = []
-        self.lock = threading.Lock()
-
-
 @pytest.fixture
-def storm(orthanc: OrthancServer) -> Iterator[_StormServer]:
-    server = _StormServer(orthanc.root_url, storms=3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def storm(orthanc: OrthancServer) -> Iterator[StormServer]:
+    with storm_proxy(orthanc.root_url, storms=3) as server:
+        yield server
 
 
 def test_503_storm_is_retried_with_backoff_then_stored(
-    orthanc: OrthancServer, storm: _StormServer
+    orthanc: OrthancServer, storm: StormServer
 ) -> None:
     sleeps: list[float] = []
-    port = storm.server_address[1]
     settings = orthanc.settings(
-        url=f"http://127.0.0.1:{port}/dicom-web/", max_attempts=5, backoff_initial=0.2
+        url=f"http://127.0.0.1:{storm.port}/dicom-web/", max_attempts=5, backoff_initial=0.2
     )
     ds = make_ct_dataset()
     with DicomWebClient(settings, environ=orthanc.environ(), sleep=sleeps.append) as client:

@@ -3,22 +3,17 @@ dciodvfy, and back through the lake into bronze."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from dicom_lakehouse.cohort import build_cohort
-from dicom_lakehouse.config import DicomWebConfig
 from dicom_lakehouse.ingest import run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.lake.layout import instance_file_name
 from dicom_lakehouse.refine import run_refine
-from dicom_lakehouse.testing import build_sample_lake
 from dicom_lakehouse.writeback import LEDGER, run_writeback
-from tests.conftest import settings_for
+from tests import helpers
 
 pytestmark = pytest.mark.spark
 
@@ -26,28 +21,16 @@ pytestmark = pytest.mark.spark
 @pytest.fixture(scope="module")
 def lake_with_cohort(spark, orthanc, tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("writeback")
-    lake = build_sample_lake(
-        root / "lake", studies_per_partition=1, include_testdata=False, image_size=32
+    lake, settings, cohort = helpers.lake_with_cohort(
+        spark,
+        root,
+        helpers.dicomweb_config(orthanc),
+        cohort="ct_series",
+        studies_per_partition=1,
+        include_testdata=False,
+        image_size=32,
     )
-    base = settings_for(root / "lake", root / "tables")
-    web = orthanc.settings()
-    settings = base.model_copy(
-        update={
-            "dicomweb": DicomWebConfig(
-                url=web.url, auth="basic", username=web.username, password_env=web.password_env
-            )
-        }
-    )
-    run_ingest(settings, spark)
-    run_refine(settings, spark)
-    cohort = build_cohort(settings, "ct_series", "modality = 'CT'", level="series")
     return lake, settings, cohort, root
-
-
-def _dciodvfy(path: Path) -> list[str]:
-    binary = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    proc = subprocess.run([binary, str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_sc_writeback_stores_valid_referenced_objects_once(
@@ -82,7 +65,7 @@ def test_sc_writeback_stores_valid_referenced_objects_once(
         assert referenced <= set(row["source_sop_uids"].split(","))
         out = tmp_path / f"{row['derived_sop_uid']}.dcm"
         ds.save_as(out, enforce_file_format=True)
-        assert _dciodvfy(out) == [], "dciodvfy reports no errors"
+        assert helpers.dciodvfy_errors(out) == [], "dciodvfy reports no errors"
     # a re-run stores nothing new
     again = run_writeback(settings, "ct_series", "sc", spark=spark)
     assert again.series_skipped == again.series and again.derived == 0
@@ -133,3 +116,66 @@ def test_derived_objects_come_back_through_the_lake(spark, orthanc, lake_with_co
     ).collect()
     assert len(derived) == len(ledger)
     assert {r["sop_class_uid"] for r in derived} == {str(pydicom.uid.SecondaryCaptureImageStorage)}
+
+
+def test_seg_writeback_from_a_registered_mlflow_model(
+    spark, orthanc, lake_with_cohort, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A tiny real pyfunc (a threshold segmenter) registered in a SQLite store, scored on
+    the executors; the SEG objects land in Orthanc, reference their sources, pass dciodvfy.
+
+    The job gets its store from the config only: MLflow's process-wide URIs point at
+    another (empty) store while it runs, as another test or a notebook may leave them."""
+    import mlflow
+    import numpy as np
+
+    class Threshold(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return np.asarray(model_input) > -10_000  # everything is "tissue"
+
+    _, settings, cohort, _ = lake_with_cohort
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with helpers.mlflow_store(uri):
+        experiment = mlflow.create_experiment("seg", artifact_location=(tmp_path / "a").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=Threshold(),
+                pip_requirements=[],
+                registered_model_name="threshold-seg",
+            )
+    tracked = settings.model_copy(
+        update={"mlflow": settings.mlflow.model_copy(update={"tracking_uri": uri})}
+    )
+    decoy = f"sqlite:///{tmp_path}/decoy.db"
+    with helpers.mlflow_store(decoy):
+        summary = run_writeback(
+            tracked, "ct_series", "seg", model_uri="models:/threshold-seg/1", spark=spark
+        )
+        assert not mlflow.MlflowClient(decoy, decoy).search_registered_models()
+    tables = DeltaTables(spark, settings.tables)
+    rows = tables.read(LEDGER).where("deriver = 'seg'").collect()
+    reasons = sorted({(r["status"], r["failure_reason"]) for r in rows if r["status"] != "stored"})
+    assert summary.failed == 0 and summary.retryable == 0, (summary, reasons)
+    assert summary.derived == cohort.series
+    assert {r["status"] for r in rows} == {"stored"} and len(rows) == cohort.series
+    assert {r["model_version"] for r in rows} == {"threshold-seg:1"}
+    assert all(r["mlflow_run_id"] == summary.mlflow_run_id for r in rows)
+    client = orthanc.client()
+    for row in rows:
+        ds = client.retrieve_instance(
+            row["source_study_uid"], row["derived_series_uid"], row["derived_sop_uid"]
+        )
+        assert ds.Modality == "SEG"
+        referenced = {
+            i.ReferencedSOPInstanceUID
+            for s in ds.ReferencedSeriesSequence
+            for i in s.ReferencedInstanceSequence
+        }
+        assert referenced == set(row["source_sop_uids"].split(","))
+        out = tmp_path / f"{row['derived_sop_uid']}.dcm"
+        ds.save_as(out, enforce_file_format=True)
+        assert helpers.dciodvfy_errors(out) == []
+    run = mlflow.MlflowClient(uri, uri).get_run(str(summary.mlflow_run_id))
+    assert run.data.params["deriver"] == "seg"
+    assert run.data.metrics["derived"] == summary.derived

@@ -135,11 +135,23 @@ class DicomWebConfig(_Model):
     partition_routes: bool = Field(
         default=False, description="Build /partitions/{partition} retrieve URLs per row"
     )
+    # Client tuning; unset keeps the client's defaults (see DicomWebSettings).
+    max_batch_instances: int | None = Field(default=None, ge=1, description="Per request")
+    max_batch_bytes: int | None = Field(default=None, ge=1, description="Per request")
+    concurrency: int | None = Field(default=None, ge=1, description="Requests at a time")
+    connect_timeout: float | None = Field(default=None, gt=0, description="Seconds")
+    read_timeout: float | None = Field(default=None, gt=0, description="Seconds")
+    max_attempts: int | None = Field(default=None, ge=1, description="Retries included")
+    backoff_initial: float | None = Field(default=None, ge=0, description="Seconds")
+    backoff_max: float | None = Field(default=None, ge=0, description="Seconds")
 
     def client_settings(self) -> Any:
         """The :class:`~dicom_lakehouse.dicomweb.DicomWebSettings` for this endpoint."""
         from dicom_lakehouse.dicomweb import DicomWebSettings
 
+        tuning = {
+            name: getattr(self, name) for name in _CLIENT_TUNING if getattr(self, name) is not None
+        }
         return DicomWebSettings(
             url=self.url,
             partition=self.partition,
@@ -147,7 +159,20 @@ class DicomWebConfig(_Model):
             username=self.username,
             password_env=self.password_env,
             method=self.method,
+            **tuning,
         )
+
+
+_CLIENT_TUNING = (
+    "max_batch_instances",
+    "max_batch_bytes",
+    "concurrency",
+    "connect_timeout",
+    "read_timeout",
+    "max_attempts",
+    "backoff_initial",
+    "backoff_max",
+)
 
 
 class MlflowConfig(_Model):

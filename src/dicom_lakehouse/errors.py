@@ -79,13 +79,24 @@ class DicomWebResponseError(DicomWebError):
     """A DICOMweb request got an answer (or none) that fails the whole request.
 
     ``http_status`` is ``None`` when no response arrived (connection error,
-    timeout); ``attempts`` counts the requests sent, retries included.
+    timeout); ``attempts`` counts the requests sent, retries included; ``condition``
+    is a short stable code of what the attempts met (``outcome_unknown``: sent, no
+    answer, the server may have acted; ``connection_error``: never connected;
+    ``http_503``, ...) when the raiser knows it.
     """
 
-    def __init__(self, message: str, *, http_status: int | None = None, attempts: int = 1) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        attempts: int = 1,
+        condition: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.attempts = attempts
+        self.condition = condition
 
 
 class DicomWebAuthError(DicomWebResponseError):

@@ -11,6 +11,15 @@ Exactly once holds because derived UIDs are deterministic (source UIDs +
 deriver + model version): a re-sent instance is the same SOP instance, which
 the Azure service answers with 45070 (counted ``already_stored``) and Orthanc
 lists as referenced again without storing a second copy.
+
+Ledger outcomes: per instance, ``stored``/``already_stored``, or ``failed`` with the
+service's FailureReason code (``"272"``, ``"43265"``, ...). When a whole store request
+fails, every instance it carried gets the error's outcome: ``retryable`` with
+``connection_error``, ``http_503`` (or another retried status) or ``outcome_unknown``
+(sent, never answered: the server may hold it; re-sending cannot duplicate it), else
+``failed`` with the error's name. A series whose derivation failed has one row without
+a derived UID (``failed``, the deriver's reason), replaced once it has instance rows.
+A re-run skips series whose rows are all stored and does not re-send stored instances.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +44,7 @@ from dicom_lakehouse.spark import get_spark
 if TYPE_CHECKING:
     import pandas as pd
     import pydicom
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 __all__ = ["LEDGER", "WritebackSummary", "run_writeback"]
 
@@ -84,6 +93,8 @@ class _Plan:
     cohort_version: int
     run_id: str
     mlflow_run_id: str | None
+    #: derived SOP UIDs already stored by an earlier run (in series not wholly stored)
+    skip_uids: frozenset[str] = frozenset()
 
 
 @functools.lru_cache(maxsize=4)
@@ -126,7 +137,7 @@ def _derive_and_store(plan: _Plan, rows: pd.DataFrame) -> pd.DataFrame:
     """One source series -> ledger rows (one per derived instance, or one failure row)."""
     import pandas as pd
 
-    from dicom_lakehouse.errors import DeriveError, DicomWebError
+    from dicom_lakehouse.errors import DeriveError, DicomWebError, DicomWebTransientError
 
     first = rows.iloc[0]
     partition, study, series = (
@@ -152,12 +163,14 @@ def _derive_and_store(plan: _Plan, rows: pd.DataFrame) -> pd.DataFrame:
     }
     out: list[dict[str, Any]] = []
     sources: list[Any] = []
+    pending: list[pydicom.Dataset] = []
     try:
         datasets, sources = _load_sources(plan.spec, rows)
         derived = _deriver(plan.deriver, plan.options).derive(datasets)
-        results = _client(plan.dicomweb).store(derived, study_instance_uid=study)
+        pending = [ds for ds in derived if str(ds.SOPInstanceUID) not in plan.skip_uids]
+        results = _client(plan.dicomweb).store(pending, study_instance_uid=study)
         by_uid = {r.sop_instance_uid: r for r in results}
-        for ds in derived:
+        for ds in pending:
             result = by_uid.get(str(ds.SOPInstanceUID))
             out.append(
                 {
@@ -177,16 +190,25 @@ def _derive_and_store(plan: _Plan, rows: pd.DataFrame) -> pd.DataFrame:
     except DeriveError as exc:
         out.append({**base, "status": "failed", "failure_reason": exc.reason, "attempts": 0})
     except DicomWebError as exc:
-        status = "retryable" if "Transient" in type(exc).__name__ else "failed"
-        out.append(
+        # the whole store failed: one row per instance it was sending (their outcome is
+        # the error's), so the ledger keeps one row per derived instance
+        failure = {
+            **base,
+            "status": "retryable" if isinstance(exc, DicomWebTransientError) else "failed",
+            "failure_reason": getattr(exc, "condition", None) or type(exc).__name__,
+            "http_status": getattr(exc, "http_status", None),
+            "attempts": getattr(exc, "attempts", 1),
+        }
+        out.extend(
             {
-                **base,
-                "status": status,
-                "failure_reason": type(exc).__name__,
-                "http_status": getattr(exc, "http_status", None),
-                "attempts": getattr(exc, "attempts", 1),
+                **failure,
+                "derived_sop_uid": str(ds.SOPInstanceUID),
+                "derived_series_uid": str(ds.SeriesInstanceUID),
             }
+            for ds in pending
         )
+        if not pending:
+            out.append(failure)
     read = sum(src.bytes_fetched for src in sources)
     touched = sum(1 for src in sources if src.bytes_fetched)
     for row in out:
@@ -220,10 +242,15 @@ def _plan(
     if deriver == "seg":
         if not model_uri:
             raise ConfigError("the seg deriver needs --model (an MLflow model URI)")
-        model = load_mask_model(model_uri)  # resolves the registry version once
+        # resolves the registry version once, in the configured store; the executors
+        # get that store in the options (not through process-wide MLflow state)
+        store = settings.mlflow.tracking_uri
+        model = load_mask_model(model_uri, tracking_uri=store)
         model_uri = model.uri or model_uri
         model_version = f"{model.name}:{model.version}"
         options["model_uri"] = model_uri
+        if store:
+            options["tracking_uri"] = store
         built = get_deriver(deriver, model=model)
     else:
         built = get_deriver(deriver)
@@ -268,9 +295,6 @@ def run_writeback(
     summary = WritebackSummary(
         run_id=run_id, cohort=cohort, cohort_version=version, deriver=deriver
     )
-    if settings.mlflow.tracking_uri:
-        # executors resolve models:/ URIs against the same tracking store
-        spark.sparkContext.environment["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
     tracking = _start_tracking(settings, summary, model_uri)
     try:
         plan = _plan(settings, cohort, version, deriver, model_uri, run_id, tracking)
@@ -285,14 +309,9 @@ def run_writeback(
             (r["partition_name"], r["series_instance_uid"])
             for r in sized.select("partition_name", "series_instance_uid").distinct().collect()
         ]
-        done = {
-            r["derivation_key"]
-            for r in tables.read(LEDGER)
-            .where(F.col("status").isin(*_DONE))
-            .select("derivation_key")
-            .collect()
-        }
+        done, stored = _ledger_state(tables)
         todo = [k for k in keys if derivation_key(k[0], k[1], plan) not in done]
+        plan = replace(plan, skip_uids=frozenset(stored))
         summary.series = len(keys)
         summary.series_skipped = len(keys) - len(todo)
         ttl = timedelta(minutes=settings.ingest.lease_minutes)
@@ -318,22 +337,59 @@ def run_writeback(
     return summary
 
 
+def _ledger_state(tables: DeltaTables) -> tuple[set[str], set[str]]:
+    """Derivation keys whose every ledger row is stored (series to skip), and the derived
+    SOP UIDs stored in the other series (instances not to send again)."""
+    from pyspark.sql import functions as F
+
+    ledger = tables.read(LEDGER).withColumn("ok", F.col("status").isin(*_DONE))
+    done = {
+        r["derivation_key"]
+        for r in ledger.groupBy("derivation_key")
+        .agg(F.min(F.col("ok").cast("int")).alias("all_ok"))
+        .where("all_ok = 1")
+        .collect()
+    }
+    stored = {
+        r["derived_sop_uid"]
+        for r in ledger.where(F.col("ok") & F.col("derived_sop_uid").isNotNull())
+        .select("derivation_key", "derived_sop_uid")
+        .collect()
+        if r["derivation_key"] not in done
+    }
+    return done, stored
+
+
 def _merge_ledger(tables: DeltaTables, rows: DataFrame) -> None:
+    """One MERGE: upsert one row per derived instance, and drop a series' earlier
+    instance-less failure row (a derive or store error) once it has instance rows."""
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
     target = (
         DeltaTable.forPath(tables.spark, tables.ref(LEDGER))
         if tables.by_path
         else DeltaTable.forName(tables.spark, tables.ref(LEDGER))
     )
+    superseded = (
+        rows.where(F.col("derived_sop_uid").isNotNull())
+        .select("derivation_key")
+        .distinct()
+        .withColumn("_drop", F.lit(True))
+    )
+    source = rows.withColumn("_drop", F.lit(False)).unionByName(
+        superseded, allowMissingColumns=True
+    )
+    columns: dict[str, str | Column] = {name: f"s.{name}" for name in rows.columns}
     (
         target.alias("t")
         .merge(
-            rows.alias("s"),
+            source.alias("s"),
             "t.derivation_key = s.derivation_key AND t.derived_sop_uid <=> s.derived_sop_uid",
         )
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
+        .whenMatchedDelete(condition="s._drop")
+        .whenMatchedUpdate(set=columns)
+        .whenNotMatchedInsert(condition="NOT s._drop", values=columns)
         .execute()
     )
 

@@ -44,6 +44,7 @@ __all__ = [
     "AZURITE_KEY",
     "AzuriteServer",
     "ProxiedAzurite",
+    "Proxy",
     "ServiceStartError",
     "Toxic",
     "ToxiproxyServer",
@@ -209,7 +210,7 @@ def run_azurite(workdir: Path) -> Iterator[AzuriteServer]:
 class Toxic:
     """A toxic on a proxy (see Toxiproxy's README for types and attributes)."""
 
-    proxy: ProxiedAzurite
+    proxy: Proxy
     name: str
 
     def remove(self) -> None:
@@ -240,19 +241,19 @@ class ToxiproxyServer:
         created = self.api("POST", "/proxies", body)
         return proxy_name, int(str(created["listen"]).rsplit(":", 1)[1])
 
+    def proxy(self, upstream_port: int) -> Proxy:
+        """A new proxy to ``upstream_port`` (delete it with :meth:`Proxy.delete`)."""
+        name, port = self.proxy_to(upstream_port)
+        return Proxy(server=self, name=name, port=port)
+
 
 @dataclass(frozen=True)
-class ProxiedAzurite:
-    """Azurite behind a Toxiproxy proxy: point clients at ``connection_string``."""
+class Proxy:
+    """A Toxiproxy proxy listening on ``127.0.0.1:port``."""
 
     server: ToxiproxyServer
-    azurite: AzuriteServer
     name: str
     port: int
-
-    @property
-    def connection_string(self) -> str:
-        return connection_string(self.port)
 
     def add_toxic(
         self, kind: str, *, stream: str = "downstream", toxicity: float = 1.0, **attributes: int
@@ -273,6 +274,24 @@ class ProxiedAzurite:
         """Remove every toxic from this proxy."""
         for toxic in self.server.api("GET", f"/proxies/{self.name}/toxics") or []:
             self.server.api("DELETE", f"/proxies/{self.name}/toxics/{toxic['name']}")
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Disabled, the proxy closes its connections and refuses new ones (server down)."""
+        self.server.api("POST", f"/proxies/{self.name}", {"enabled": enabled})
+
+    def delete(self) -> None:
+        self.server.api("DELETE", f"/proxies/{self.name}")
+
+
+@dataclass(frozen=True)
+class ProxiedAzurite(Proxy):
+    """Azurite behind a Toxiproxy proxy: point clients at ``connection_string``."""
+
+    azurite: AzuriteServer
+
+    @property
+    def connection_string(self) -> str:
+        return connection_string(self.port)
 
 
 @contextlib.contextmanager

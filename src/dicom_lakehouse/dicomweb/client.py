@@ -21,7 +21,10 @@ Behaviour worth knowing:
 - Retries, with exponential backoff and jitter, happen on HTTP 408/429/503/504 and on
   connection errors and timeouts only (Retry-After is honoured up to ``backoff_max``).
   A POST retried after a read timeout may find its instances stored: the Azure service
-  then answers 45070, which counts as ``already_stored``.
+  then answers 45070, which counts as ``already_stored``. When retries run out, the
+  error's ``condition`` says ``outcome_unknown`` if any attempt may have reached the
+  server and got no answer (a read timeout, a connection dropped mid-request), else
+  ``connection_error`` (never connected) or ``http_{status}``.
 - 400/409 give per-instance ``failed`` results (with the detail the body has); 401/403
   raise :class:`DicomWebAuthError`, 424 :class:`DicomWebDependencyError`, exhausted
   retries :class:`DicomWebTransientError`, any other status without per-instance detail
@@ -53,6 +56,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
+from urllib3.exceptions import NewConnectionError
 
 from dicom_lakehouse.dicomweb._stow import (
     EncodedInstance,
@@ -272,6 +276,19 @@ def _new_session(pool_size: int) -> requests.Session:
     return session
 
 
+def _maybe_sent(exc: requests.RequestException) -> bool:
+    """False when the connection could not even be made (refused, connect timeout): then
+    the server never saw the request. A read timeout or a connection dropped before the
+    answer may come after the server acted on it."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.ReadTimeout):
+        return True
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    return not isinstance(inner, NewConnectionError)
+
+
 def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -391,6 +408,7 @@ class DicomWebClient:
     ) -> tuple[requests.Response, int]:
         s = self.settings
         host = urlsplit(url).netloc
+        unanswered = False
         for attempt in range(1, s.max_attempts + 1):
             try:
                 response = self._session.request(
@@ -409,11 +427,14 @@ class DicomWebClient:
                 ) from exc
             except (requests.ConnectionError, requests.Timeout) as exc:
                 condition = "timeout" if isinstance(exc, requests.Timeout) else "connection error"
+                # sent but unanswered: the server may have acted on it (outcome unknown)
+                unanswered = unanswered or _maybe_sent(exc)
                 if attempt >= s.max_attempts:
                     raise DicomWebTransientError(
                         f"{operation}: {condition} talking to {host}, gave up after "
                         f"{attempt} attempt(s)",
                         attempts=attempt,
+                        condition="outcome_unknown" if unanswered else "connection_error",
                     ) from exc
                 delay = self._backoff(attempt)
                 logger.warning(
@@ -442,6 +463,7 @@ class DicomWebClient:
                     f"{operation}: HTTP {status} from {host}, gave up after {attempt} attempt(s)",
                     http_status=status,
                     attempts=attempt,
+                    condition="outcome_unknown" if unanswered else f"http_{status}",
                 )
             delay = self._backoff(attempt)
             retry_after = _retry_after(response)
