@@ -129,6 +129,8 @@ def main() -> int:
         "incremental_seconds": incremental.seconds,
         "incremental_fraction": round(incremental.seconds / full.seconds, 3),
         "incremental_studies_recomputed": incremental.studies_recomputed,
+        "full_phase_seconds": full.phase_seconds,
+        "incremental_phase_seconds": incremental.phase_seconds,
     }
     for key, value in figures.items():
         print(f"{key:32} {value}")

@@ -108,3 +108,26 @@ def test_overlapping_ingests_never_duplicate_rows(spark, tmp_path: Path) -> None
     assert len(paths) == len(set(paths)) == len(lake.instances)
     quarantined = [r["file_path"] for r in tables.read("bronze_quarantine").collect()]
     assert len(quarantined) == len(set(quarantined)) == len(lake.quarantined)
+
+
+def test_a_recorded_ingest_hands_its_lease_to_the_next_run(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A successful ingest skips the release commit: its ingest_runs row releases
+    the lease, so the next run takes it over at once; a failing block releases."""
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=1, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    first = run_ingest(settings, spark)
+    holders = [r["holder"] for r in tables.read(LEASES).collect()]
+    assert holders == [first.run_id]  # still there, well within its TTL
+    (lake.root / lake.instances[0].path).unlink()  # a changed lake: no shortcut
+    second = run_ingest(settings, spark)
+    assert second.skipped_reason is None
+    assert [r["holder"] for r in tables.read(LEASES).collect()] == [second.run_id]
+
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        job_lease(tables, "other", "z", release_on_success=False) as held,
+    ):
+        held.wait()
+        raise RuntimeError("boom")
+    assert tables.read(LEASES).where("name = 'other'").count() == 0

@@ -146,6 +146,15 @@ class _Listing:
     fingerprint: str
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What the last completed runs left: the scope's listing (when nothing is
+    pending) and the last run of the service (it held the ingest lease)."""
+
+    listing: _Listing | None = None
+    last_run_id: str | None = None
+
+
 def run_ingest(
     settings: Settings,
     spark: SparkSession | None = None,
@@ -204,47 +213,38 @@ def run_ingest(
             )
             with summary.phase("list"):
                 listed = _count_listing(listing, summary)
-            previous = state.result()
+            previous: _State = state.result() or _State()
         instances = summary.files_listed - summary.files_ignored - summary.files_foreign
-        if previous is not None and previous == listed and settings.ingest.skip_unchanged_listing:
+        if previous.listing == listed and settings.ingest.skip_unchanged_listing:
             # the last completed run saw exactly this listing and left nothing to retry
             summary.files_unchanged = instances
             say(f"listed {summary.files_listed} files: unchanged since the last run")
         else:
             lease = f"ingest/{lake.workspace}/{lake.service}"
             ttl = timedelta(minutes=settings.ingest.lease_minutes)
+            # The run's record in ingest_runs is its release: the next run takes the
+            # lease of a recorded run at once, so a successful run skips the
+            # release commit (a failed one releases; a killed one expires).
+            finished = [previous.last_run_id] if previous.last_run_id else []
             try:
-                with ThreadPoolExecutor(1, thread_name_prefix="dl-record") as pool:
-                    with job_lease(tables, lease, run.run_id, ttl=ttl) as held:
-                        _land(
-                            spark,
-                            settings,
-                            tables,
-                            spec,
-                            run,
-                            listing,
-                            scope,
-                            created,
-                            summary,
-                            say,
-                            held,
-                        )
-                        # the run's record and the lease's release are independent
-                        # commits: the release runs while the record is written
-                        recorded = pool.submit(
-                            _timed,
-                            summary,
-                            "record",
-                            _record_run,
-                            spark,
-                            tables,
-                            lake,
-                            scope,
-                            run,
-                            listed,
-                            summary,
-                        )
-                    recorded.result()
+                with job_lease(
+                    tables, lease, run.run_id, ttl=ttl, finished=finished, release_on_success=False
+                ) as held:
+                    _land(
+                        spark,
+                        settings,
+                        tables,
+                        spec,
+                        run,
+                        listing,
+                        scope,
+                        created,
+                        summary,
+                        say,
+                        held,
+                    )
+                    with summary.phase("record"):
+                        _record_run(spark, tables, lake, scope, run, listed, summary)
             except LeaseHeldError as exc:
                 # an overlapping scheduled run is still landing files: leave it to it
                 summary.skipped_reason = "lease_held"
@@ -376,26 +376,33 @@ def _timed(
         return func(*args)
 
 
-def _previous_run(tables: DeltaTables, lake: LakeConfig, scope: str) -> _Listing | None:
-    """The listing of the last completed run over the same scope, if nothing is pending."""
+def _previous_run(tables: DeltaTables, lake: LakeConfig, scope: str) -> _State:
+    """The last completed runs of the service: see :class:`_State`."""
     from pyspark.sql import functions as F
 
     rows = (
         tables.read(INGEST_RUNS)
-        .where(
-            (F.col("workspace") == lake.workspace)
-            & (F.col("service") == lake.service)
-            & (F.col("scope") == scope)
+        .where((F.col("workspace") == lake.workspace) & (F.col("service") == lake.service))
+        .select(
+            "run_id",
+            "scope",
+            "finished_at",
+            "listing_files",
+            "listing_fingerprint",
+            "retryable_pending",
         )
-        .select("finished_at", "listing_files", "listing_fingerprint", "retryable_pending")
         .collect()
     )
     if not rows:
-        return None
-    last = max(rows, key=lambda row: row["finished_at"])
+        return _State()
+    last_run = max(rows, key=lambda row: row["finished_at"])["run_id"]
+    in_scope = [row for row in rows if row["scope"] == scope]
+    if not in_scope:
+        return _State(last_run_id=last_run)
+    last = max(in_scope, key=lambda row: row["finished_at"])
     if last["retryable_pending"]:
-        return None
-    return _Listing(last["listing_files"], last["listing_fingerprint"])
+        return _State(last_run_id=last_run)
+    return _State(_Listing(last["listing_files"], last["listing_fingerprint"]), last_run)
 
 
 def _record_run(

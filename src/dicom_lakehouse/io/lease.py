@@ -5,7 +5,10 @@ row ``name`` of the ``job_leases`` table with one MERGE; Delta's optimistic
 concurrency lets exactly one of two racing MERGEs commit, the other gets a
 named conflict exception and reads who holds the lease. A heartbeat thread
 extends the lease while the job runs; a killed job's lease expires after
-``ttl``. Works wherever Delta does (local, ADLS, Volumes, OneLake).
+``ttl``. A job that durably records its own completion elsewhere (ingest's
+``ingest_runs``) can skip the release commit: the next run passes the finished
+holder in ``finished`` and takes the lease over at once. Works wherever Delta
+does (local, ADLS, Volumes, OneLake).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -101,10 +104,23 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _try_acquire(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> _Lease:
-    """One MERGE; its metrics say whether this holder got the row (no read-back)."""
+def _try_acquire(
+    tables: DeltaTables,
+    name: str,
+    holder: str,
+    ttl: timedelta,
+    finished: Collection[str] = (),
+) -> _Lease:
+    """One MERGE; its metrics say whether this holder got the row (no read-back).
+
+    The row is taken when it is expired, already ours, or held by one of the
+    ``finished`` holders (a compare-and-set on the holder: if another run took
+    the lease meanwhile, the condition no longer matches)."""
     now = datetime.now(UTC)
     target = f"delta.`{tables.ref(LEASES)}`" if tables.by_path else tables.ref(LEASES)
+    takeover = "t.expires_at < s.acquired_at OR t.holder = s.holder"
+    if finished:
+        takeover += f" OR t.holder IN ({', '.join(_sql_str(h) for h in sorted(finished))})"
 
     def micros(moment: datetime) -> str:  # time-zone independent literal
         return f"timestamp_micros({int(moment.timestamp() * 1_000_000)})"
@@ -115,7 +131,7 @@ def _try_acquire(tables: DeltaTables, name: str, holder: str, ttl: timedelta) ->
                       {micros(now)} AS acquired_at,
                       {micros(now + ttl)} AS expires_at) s
         ON t.name = s.name
-        WHEN MATCHED AND (t.expires_at < s.acquired_at OR t.holder = s.holder)
+        WHEN MATCHED AND ({takeover})
             THEN UPDATE SET *
         WHEN NOT MATCHED THEN INSERT *
     """
@@ -166,18 +182,28 @@ class LeaseHandle:
 
 @contextlib.contextmanager
 def job_lease(
-    tables: DeltaTables, name: str, holder: str, *, ttl: timedelta = timedelta(minutes=10)
+    tables: DeltaTables,
+    name: str,
+    holder: str,
+    *,
+    ttl: timedelta = timedelta(minutes=10),
+    finished: Collection[str] = (),
+    release_on_success: bool = True,
 ) -> Iterator[LeaseHandle]:
     """Hold the lease ``name`` for the duration of the block (heartbeat every ttl/3).
 
     Acquisition runs in the background so read-only work can start at once; the
     block must call ``handle.wait()`` before it writes (it raises
-    :class:`LeaseHeldError` when another run holds the lease).
+    :class:`LeaseHeldError` when another run holds the lease). ``finished``:
+    holders known to have completed, whose lease is taken over at once. With
+    ``release_on_success=False`` the release commit is skipped when the block
+    succeeds (the caller's own record of completion releases it, see above); a
+    failing block always releases.
     """
     ensure_lease_table(tables)
     stop = threading.Event()
     pool = ThreadPoolExecutor(1, thread_name_prefix=f"dl-lease-{name}")
-    handle = LeaseHandle(pool.submit(_try_acquire, tables, name, holder, ttl))
+    handle = LeaseHandle(pool.submit(_try_acquire, tables, name, holder, ttl, finished))
 
     def heartbeat() -> None:
         try:
@@ -196,13 +222,15 @@ def job_lease(
 
     beat = threading.Thread(target=heartbeat, name=f"dl-heartbeat-{name}", daemon=True)
     beat.start()
+    succeeded = False
     try:
         yield handle
+        succeeded = True
     finally:
         stop.set()
         pool.shutdown(wait=True)
         beat.join(timeout=30)
-        if handle.acquired:
+        if handle.acquired and (release_on_success or not succeeded):
             _release(tables, name, holder)
 
 
