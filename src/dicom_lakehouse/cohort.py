@@ -202,15 +202,7 @@ def build_cohort(
 
 
 def _table_version(spark: SparkSession, tables: DeltaTables, name: str) -> int:
-    from delta.tables import DeltaTable
-
-    table = (
-        DeltaTable.forPath(spark, tables.ref(name))
-        if tables.by_path
-        else DeltaTable.forName(spark, tables.ref(name))
-    )
-    latest = table.history(1).select("version").first()
-    return int(latest[0]) if latest is not None else 0
+    return int(tables.last_commit(name).get("version") or 0)
 
 
 def read_cohort(

@@ -180,8 +180,11 @@ def run_ingest(
         folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
         scope += f" AND partition_folder IN ({folders})"
 
-    with summary.phase("tables"):
-        created = ensure_bronze_tables(tables)
+    # tables are made and the last run's state read while the lake is listed
+    prep = ThreadPoolExecutor(2, thread_name_prefix="dl-prep")
+    made = prep.submit(_timed, summary, "tables", ensure_bronze_tables, tables)
+    state = prep.submit(_timed, summary, "state", _previous_run, tables, lake, scope)
+    prep.shutdown(wait=False)
     tasks = plan_listing(
         open_backend(spec),
         lake.workspace,
@@ -198,57 +201,52 @@ def run_ingest(
         service=lake.service,
         verify_prefix=lake.verify_name_prefix,
     ).persist(StorageLevel.MEMORY_AND_DISK)
+    # the lake is listed while the tables are made and the last run's state is read
+    prep = ThreadPoolExecutor(2, thread_name_prefix="dl-prep")
+    made = prep.submit(_timed, summary, "tables", ensure_bronze_tables, tables)
+    state = prep.submit(_timed, summary, "state", _previous_run, tables, lake, scope)
+    prep.shutdown(wait=False)
     try:
-        # the last run's state is read while the lake is listed: both are small jobs
-        with ThreadPoolExecutor(1, thread_name_prefix="dl-state") as pool:
-            state = pool.submit(
-                _timed,
-                summary,
-                "state",
-                _previous_run,
-                tables,
-                lake,
-                scope,
-                skip=INGEST_RUNS in created,
-            )
-            with summary.phase("list"):
-                listed = _count_listing(listing, summary)
-            previous: _State = state.result() or _State()
+        with summary.phase("list"):
+            listed = _count_listing(listing, summary)
+        created: set[str] = made.result()
+        previous: _State = state.result()
         instances = summary.files_listed - summary.files_ignored - summary.files_foreign
         if previous.listing == listed and settings.ingest.skip_unchanged_listing:
             # the last completed run saw exactly this listing and left nothing to retry
             summary.files_unchanged = instances
             say(f"listed {summary.files_listed} files: unchanged since the last run")
         else:
-            lease = f"ingest/{lake.workspace}/{lake.service}"
-            ttl = timedelta(minutes=settings.ingest.lease_minutes)
             # The run's record in ingest_runs is its release: the next run takes the
-            # lease of a recorded run at once, so a successful run skips the
-            # release commit (a failed one releases; a killed one expires).
-            finished = [previous.last_run_id] if previous.last_run_id else []
-            try:
-                with job_lease(
-                    tables, lease, run.run_id, ttl=ttl, finished=finished, release_on_success=False
-                ) as held:
-                    _land(
-                        spark,
-                        settings,
-                        tables,
-                        spec,
-                        run,
-                        listing,
-                        scope,
-                        created,
-                        summary,
-                        say,
-                        held,
-                    )
-                    with summary.phase("record"):
-                        _record_run(spark, tables, lake, scope, run, listed, summary)
-            except LeaseHeldError as exc:
-                # an overlapping scheduled run is still landing files: leave it to it
-                summary.skipped_reason = "lease_held"
-                say(f"skipped: {exc}")
+            # lease of a recorded run at once, so a successful run skips the release
+            # commit (a failed one releases; a killed one expires).
+            with job_lease(
+                tables,
+                f"ingest/{lake.workspace}/{lake.service}",
+                run.run_id,
+                ttl=timedelta(minutes=settings.ingest.lease_minutes),
+                finished=[previous.last_run_id] if previous.last_run_id else [],
+                release_on_success=False,
+            ) as held:
+                _land(
+                    spark,
+                    settings,
+                    tables,
+                    spec,
+                    run,
+                    listing,
+                    scope,
+                    created,
+                    summary,
+                    say,
+                    held,
+                )
+                with summary.phase("record"):
+                    _record_run(spark, tables, lake, scope, run, listed, summary)
+    except LeaseHeldError as exc:
+        # an overlapping scheduled run is still landing files: leave it to it
+        summary.skipped_reason = "lease_held"
+        say(f"skipped: {exc}")
     finally:
         listing.unpersist()
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -367,19 +365,52 @@ def _count_listing(listing: DataFrame, summary: IngestSummary) -> _Listing:
     return _Listing(summary.files_listed, str(fingerprint))
 
 
-def _timed(
-    summary: IngestSummary, name: str, func: Callable[..., Any], *args: Any, skip: bool = False
-) -> Any:
-    if skip:
-        return None
+def _timed(summary: IngestSummary, name: str, func: Callable[..., Any], *args: Any) -> Any:
     with summary.phase(name):
         return func(*args)
 
 
+_RUN_MARK = "dicom_lakehouse.ingest_run/1"
+
+
+def _run_metadata(lake: LakeConfig, scope: str, run_id: str, listed: _Listing, pending: int) -> str:
+    """The run's state, stored in its ingest_runs commit for a cheap read-back."""
+    return json.dumps(
+        {
+            "kind": _RUN_MARK,
+            "workspace": lake.workspace,
+            "service": lake.service,
+            "scope": scope,
+            "run_id": run_id,
+            "listing_files": listed.files,
+            "listing_fingerprint": listed.fingerprint,
+            "retryable_pending": pending,
+        }
+    )
+
+
 def _previous_run(tables: DeltaTables, lake: LakeConfig, scope: str) -> _State:
-    """The last completed runs of the service: see :class:`_State`."""
+    """The last completed runs of the service: see :class:`_State`.
+
+    When the table's latest commit is this scope's last run, its commit metadata
+    answers without reading the table (the common case of one scheduled scope)."""
     from pyspark.sql import functions as F
 
+    if not tables.exists(INGEST_RUNS):
+        return _State()
+    try:
+        meta = json.loads(tables.last_commit(INGEST_RUNS).get("userMetadata") or "{}")
+    except ValueError:
+        meta = {}
+    if meta.get("kind") == _RUN_MARK and (
+        (meta.get("workspace"), meta.get("service"), meta.get("scope"))
+        == (lake.workspace, lake.service, scope)
+    ):
+        last_run = str(meta["run_id"])
+        if meta.get("retryable_pending"):
+            return _State(last_run_id=last_run)
+        listing = _Listing(int(meta["listing_files"]), str(meta["listing_fingerprint"]))
+        return _State(listing, last_run)
     rows = (
         tables.read(INGEST_RUNS)
         .where((F.col("workspace") == lake.workspace) & (F.col("service") == lake.service))
@@ -429,7 +460,11 @@ def _record_run(
         pending,
         json.dumps(summary.as_dict(), default=str),
     )
-    tables.append(spark.createDataFrame([row], SCHEMA), INGEST_RUNS)
+    tables.append(
+        spark.createDataFrame([row], SCHEMA),
+        INGEST_RUNS,
+        user_metadata=_run_metadata(lake, scope, run.run_id, listed, pending),
+    )
 
 
 def _new_versions(instances: DataFrame, tables: DeltaTables) -> DataFrame:

@@ -347,14 +347,8 @@ def _match(left: DataFrame, right: DataFrame, keys: list[str], how: str) -> Data
 
 
 def _zorder(spark: SparkSession, tables: DeltaTables) -> None:
-    from delta.tables import DeltaTable
-
     for name in (SILVER_INSTANCES, SILVER_SERIES, SILVER_STUDIES):
-        table = (
-            DeltaTable.forPath(spark, tables.ref(name))
-            if tables.by_path
-            else DeltaTable.forName(spark, tables.ref(name))
-        )
+        table = tables.delta_table(name)
         columns = ["study_date", "modality"] if name != SILVER_STUDIES else ["study_date"]
         table.optimize().executeZOrderBy(*columns)
 

@@ -363,14 +363,9 @@ def _ledger_state(tables: DeltaTables) -> tuple[set[str], set[str]]:
 def _merge_ledger(tables: DeltaTables, rows: DataFrame) -> None:
     """One MERGE: upsert one row per derived instance, and drop a series' earlier
     instance-less failure row (a derive or store error) once it has instance rows."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    target = (
-        DeltaTable.forPath(tables.spark, tables.ref(LEDGER))
-        if tables.by_path
-        else DeltaTable.forName(tables.spark, tables.ref(LEDGER))
-    )
+    target = tables.delta_table(LEDGER)
     superseded = (
         rows.where(F.col("derived_sop_uid").isNotNull())
         .select("derivation_key")

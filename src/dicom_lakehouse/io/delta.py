@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.config import TablesConfig
 from dicom_lakehouse.errors import TableError
@@ -96,6 +96,21 @@ class DeltaTables:
         logger.info("created table %s", name)
         return True
 
+    def delta_table(self, name: str):  # type: ignore[no-untyped-def]
+        """The ``delta.tables.DeltaTable`` handle of ``name``."""
+        from delta.tables import DeltaTable
+
+        if self.by_path:
+            return DeltaTable.forPath(self.spark, self.ref(name))
+        return DeltaTable.forName(self.spark, self.ref(name))
+
+    def last_commit(self, name: str) -> dict[str, Any]:
+        """The latest commit's version, operation and user metadata (the table's
+        history, no data read)."""
+        row = self.delta_table(name).history(1).select("version", "operation", "userMetadata")
+        first = row.first()
+        return first.asDict() if first is not None else {}
+
     def read(self, name: str) -> DataFrame:
         reader = self.spark.read.format("delta")
         return reader.load(self.ref(name)) if self.by_path else self.spark.table(self.ref(name))
@@ -106,9 +121,19 @@ class DeltaTables:
         else:
             writer.saveAsTable(self.ref(name))  # type: ignore[attr-defined]
 
-    def append(self, df: DataFrame, name: str, *, txn: tuple[str, int] | None = None) -> None:
-        """Append ``df``; ``txn`` (app id, version) makes a retried write a no-op."""
+    def append(
+        self,
+        df: DataFrame,
+        name: str,
+        *,
+        txn: tuple[str, int] | None = None,
+        user_metadata: str | None = None,
+    ) -> None:
+        """Append ``df``; ``txn`` (app id, version) makes a retried write a no-op;
+        ``user_metadata`` is stored in the commit (read back by :meth:`last_commit`)."""
         writer = df.write.format("delta").mode("append")
+        if user_metadata is not None:
+            writer = writer.option("userMetadata", user_metadata)
         if txn is not None:
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
         self._save(writer, name)
@@ -121,13 +146,7 @@ class DeltaTables:
     def merge_with_deletes(self, source: DataFrame, name: str, keys: Sequence[str]) -> None:
         """Upsert ``source`` rows into ``name`` on ``keys``; rows whose ``_delete``
         column is true delete their match instead (one Delta commit)."""
-        from delta.tables import DeltaTable
-
-        target = (
-            DeltaTable.forPath(self.spark, self.ref(name))
-            if self.by_path
-            else DeltaTable.forName(self.spark, self.ref(name))
-        )
+        target = self.delta_table(name)
         columns = [c for c in source.columns if c != "_delete"]
         condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         assignments: dict[str, str | Column] = {f"`{c}`": f"s.`{c}`" for c in columns}

@@ -26,7 +26,7 @@ from dicom_lakehouse.errors import DicomLakehouseError
 from dicom_lakehouse.io.delta import DeltaTables
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
 __all__ = ["LEASES", "LeaseHandle", "LeaseHeldError", "ensure_lease_table", "job_lease"]
 
@@ -64,13 +64,6 @@ def is_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` is one of Delta's named concurrent-modification conflicts."""
     text = f"{type(exc).__name__} {exc}"
     return any(name in text for name in _CONFLICTS)
-
-
-def _table(spark: SparkSession, tables: DeltaTables):  # type: ignore[no-untyped-def]
-    from delta.tables import DeltaTable
-
-    ref = tables.ref(LEASES)
-    return DeltaTable.forPath(spark, ref) if tables.by_path else DeltaTable.forName(spark, ref)
 
 
 def ensure_lease_table(tables: DeltaTables) -> bool:
@@ -159,7 +152,7 @@ def _extend(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> None
     from pyspark.sql import functions as F
 
     expires = datetime.now(UTC) + ttl
-    _table(tables.spark, tables).update(
+    tables.delta_table(LEASES).update(
         condition=(F.col("name") == name) & (F.col("holder") == holder),
         set={"expires_at": F.lit(expires).cast("timestamp")},
     )
@@ -200,10 +193,14 @@ def job_lease(
     succeeds (the caller's own record of completion releases it, see above); a
     failing block always releases.
     """
-    ensure_lease_table(tables)
+
+    def acquire() -> _Lease:
+        ensure_lease_table(tables)
+        return _try_acquire(tables, name, holder, ttl, finished)
+
     stop = threading.Event()
     pool = ThreadPoolExecutor(1, thread_name_prefix=f"dl-lease-{name}")
-    handle = LeaseHandle(pool.submit(_try_acquire, tables, name, holder, ttl, finished))
+    handle = LeaseHandle(pool.submit(acquire))
 
     def heartbeat() -> None:
         try:
@@ -239,9 +236,7 @@ def _release(tables: DeltaTables, name: str, holder: str) -> None:
 
     for attempt in range(3):
         try:
-            _table(tables.spark, tables).delete(
-                (F.col("name") == name) & (F.col("holder") == holder)
-            )
+            tables.delta_table(LEASES).delete((F.col("name") == name) & (F.col("holder") == holder))
             return
         except Exception as exc:  # noqa: BLE001 - conflicts retried; the TTL is the backstop
             if not is_conflict(exc) or attempt == 2:
