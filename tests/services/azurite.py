@@ -330,11 +330,16 @@ def seed_blobs(
     data: bytes | None = None,
     threads: int = 8,
     metadata: dict[str, str] | None = None,
+    source_root: Path | None = None,
 ) -> int:
-    """Upload one small blob per name concurrently (content: ``data`` or the name)."""
+    """Upload one blob per name concurrently (content: the file ``source_root/name``,
+    else ``data``, else the name itself)."""
 
     def upload(name: str) -> None:
-        body = data if data is not None else name.encode()
+        if source_root is not None:
+            body = (source_root / name).read_bytes()
+        else:
+            body = data if data is not None else name.encode()
         container.upload_blob(name, body, overwrite=True, metadata=metadata)
 
     todo = list(names)
