@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_lakehouse.config import Settings
 from dicom_lakehouse.ingest import BRONZE_INSTANCES, INGEST_RUNS, LAKE_FILES, ensure_bronze_tables
 from dicom_lakehouse.io.delta import DeltaTables
-from dicom_lakehouse.io.lease import LeaseHeldError, job_lease
+from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.phases import timed
 from dicom_lakehouse.spark import get_spark
 
@@ -113,9 +114,10 @@ def _ensure(spark: SparkSession, tables: DeltaTables) -> set[str]:
     from pyspark.sql import types as T
 
     created = set()
-    for name, schema in silver_schemas(spark).items():
-        if tables.ensure(name, schema, partition_by=["partition_name"]):
-            created.add(name)
+    specs = list(silver_schemas(spark).items())
+    with ThreadPoolExecutor(len(specs), thread_name_prefix="dl-ensure") as pool:
+        made = pool.map(lambda s: tables.ensure(s[0], s[1], partition_by=["partition_name"]), specs)
+        created = {name for (name, _), new in zip(specs, made, strict=True) if new}
     runs = T.StructType(
         [
             T.StructField("run_id", T.StringType()),
@@ -141,16 +143,16 @@ def run_refine(
     spark = get_spark(settings.spark, spark)
     tables = DeltaTables(spark, settings.tables)
     summary = RefineSummary(run_id=run_id or uuid.uuid4().hex)
-    ensure_bronze_tables(tables)
-    created = _ensure(spark, tables)
+    with summary.phase("tables"):
+        ensure_bronze_tables(tables)
+        created = _ensure(spark, tables)
     full = full or SILVER_INSTANCES in created
     summary.full = full
 
     try:
         ttl = timedelta(minutes=settings.ingest.lease_minutes)
         with job_lease(tables, "refine", summary.run_id, ttl=ttl) as held:
-            held.wait()
-            _refine_locked(spark, settings, tables, full, summary)
+            _refine_locked(spark, settings, tables, full, summary, held)
     except LeaseHeldError as exc:
         summary.skipped_reason = "lease_held"
         logger.info("refine skipped: %s", exc)
@@ -168,9 +170,10 @@ def _refine_locked(
     tables: DeltaTables,
     full: bool,
     summary: RefineSummary,
+    held: LeaseHandle,
 ) -> None:
-    from pyspark.sql import functions as F
-
+    """Refine under the lease: bronze is read while it is acquired; silver is read
+    and written only once it is held."""
     from dicom_lakehouse import silver
 
     with summary.phase("runs"):
@@ -187,6 +190,8 @@ def _refine_locked(
             typed = typed.localCheckpoint(eager=True)
             summary.coerced = silver.coercion_counts(typed)
         instances = silver.drop_raw(typed)
+        with summary.phase("lease"):
+            held.wait()
         with summary.phase("write_instances"):
             tables.overwrite(instances, SILVER_INSTANCES)
         summary.instances_changed = instances.count()
@@ -198,7 +203,9 @@ def _refine_locked(
             with summary.phase("zorder"):
                 _zorder(spark, tables)
     elif new_runs:
-        _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary)
+        _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary, held)
+    with summary.phase("lease"):
+        held.wait()  # also when nothing changed: a run under another's lease reports it
     if new_runs:
         stamp = datetime.now(UTC)
         rows = [(r, summary.run_id, stamp) for r in new_runs]
@@ -211,8 +218,6 @@ def _refine_locked(
             )
     with summary.phase("count"):
         _count(tables, summary)
-        studies = tables.read(SILVER_STUDIES)
-        summary.study_conflicts = studies.where(F.col("attribute_conflicts") > 0).count()
     if settings.silver.compat_tables:
         from dicom_lakehouse.compat import write_compat_tables
 
@@ -227,6 +232,7 @@ def _refine_incrementally(
     lake_files: DataFrame,
     new_runs: list[str],
     summary: RefineSummary,
+    held: LeaseHandle,
 ) -> None:
     """Recompute the studies touched by ``new_runs`` or by files gone from the lake.
 
@@ -250,6 +256,9 @@ def _refine_incrementally(
         ).localCheckpoint(eager=True)
         summary.coerced = silver.coercion_counts(typed)
     new_rows = silver.drop_raw(typed)
+    # bronze versions never change; silver is read only under the lease
+    with summary.phase("lease"):
+        held.wait()
     with summary.phase("gone"):
         # silver rows whose file version is no longer listed (keys only)
         narrow = current_silver.select(*keys, "study_instance_uid", *patient[1:], *version)
@@ -329,15 +338,24 @@ def _refine_incrementally(
             name: _silver_frames(rows)[name].localCheckpoint(eager=True)
             for name, (rows, _, _) in scopes.items()
         }
-    for name, (_, scope, scope_keys) in scopes.items():
+
+    def merge(name: str) -> None:
+        _, scope, scope_keys = scopes[name]
         fresh_rows = fresh[name]
         existing = _match(tables.read(name), F.broadcast(scope), scope_keys, "left_semi")
         stale = _match(existing, fresh_rows, _KEYS[name], "left_anti").select(*fresh_rows.columns)
         merged = fresh_rows.withColumn("_delete", F.lit(False)).unionByName(
             stale.withColumn("_delete", F.lit(True))
         )
-        with summary.phase(f"merge_{name.removeprefix('silver_')}"):
-            tables.merge_with_deletes(merged, name, _KEYS[name])
+        tables.merge_with_deletes(merged, name, _KEYS[name])
+
+    # three tables, three independent commits: side by side
+    with (
+        summary.phase("merge_rollups"),
+        ThreadPoolExecutor(3, thread_name_prefix="dl-merge") as pool,
+    ):
+        for done in [pool.submit(merge, name) for name in scopes]:
+            done.result()
 
 
 def _match(left: DataFrame, right: DataFrame, keys: list[str], how: str) -> DataFrame:
@@ -354,7 +372,19 @@ def _zorder(spark: SparkSession, tables: DeltaTables) -> None:
 
 
 def _count(tables: DeltaTables, summary: RefineSummary) -> None:
-    summary.instances = tables.read(SILVER_INSTANCES).count()
-    summary.series = tables.read(SILVER_SERIES).count()
-    summary.studies = tables.read(SILVER_STUDIES).count()
-    summary.patients = tables.read(SILVER_PATIENTS).count()
+    """The tables' row counts and the studies with conflicting attributes, side by side."""
+    from pyspark.sql import functions as F
+
+    queries = {
+        "instances": lambda: tables.read(SILVER_INSTANCES).count(),
+        "series": lambda: tables.read(SILVER_SERIES).count(),
+        "studies": lambda: tables.read(SILVER_STUDIES).count(),
+        "patients": lambda: tables.read(SILVER_PATIENTS).count(),
+        "study_conflicts": lambda: (
+            tables.read(SILVER_STUDIES).where(F.col("attribute_conflicts") > 0).count()
+        ),
+    }
+    with ThreadPoolExecutor(len(queries), thread_name_prefix="dl-count") as pool:
+        counts = {key: pool.submit(query) for key, query in queries.items()}
+        for key, count in counts.items():
+            setattr(summary, key, count.result())
