@@ -127,13 +127,10 @@ def ensure_bronze_tables(tables: DeltaTables) -> set[str]:
         (LAKE_FILES, schemas.LAKE_FILES, "The latest listing of the lake, every file"),
         (INGEST_RUNS, schemas.INGEST_RUNS, "One row per completed ingest run"),
     )
-    # created side by side, the lease table with them (each creation is one commit)
-    with ThreadPoolExecutor(len(specs) + 1, thread_name_prefix="dl-ensure") as pool:
-        leases = pool.submit(ensure_lease_table, tables)
-        made = pool.map(lambda spec: tables.ensure(spec[0], spec[1], comment=spec[2]), specs)
-        created = {spec[0] for spec, new in zip(specs, made, strict=True) if new}
-        leases.result()
-        return created
+    # one after the other (see io/delta.py), the lease table with them
+    created = {name for name, schema, note in specs if tables.ensure(name, schema, comment=note)}
+    ensure_lease_table(tables)
+    return created
 
 
 def _sql_str(value: str) -> str:

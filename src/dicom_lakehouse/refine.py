@@ -113,11 +113,11 @@ def silver_schemas(spark: SparkSession) -> dict[str, Any]:
 def _ensure(spark: SparkSession, tables: DeltaTables) -> set[str]:
     from pyspark.sql import types as T
 
-    created = set()
-    specs = list(silver_schemas(spark).items())
-    with ThreadPoolExecutor(len(specs), thread_name_prefix="dl-ensure") as pool:
-        made = pool.map(lambda s: tables.ensure(s[0], s[1], partition_by=["partition_name"]), specs)
-        created = {name for (name, _), new in zip(specs, made, strict=True) if new}
+    created = {
+        name
+        for name, schema in silver_schemas(spark).items()
+        if tables.ensure(name, schema, partition_by=["partition_name"])
+    }
     runs = T.StructType(
         [
             T.StructField("run_id", T.StringType()),

@@ -10,6 +10,8 @@ column mapping).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,12 @@ TABLE_PROPERTIES: dict[str, str] = {
 }
 
 
+# Creating Delta tables from several threads of one session can fail with
+# DELTA_TABLE_NOT_FOUND for the table being created (seen under load): creation and
+# the existence check that precedes it are serialised for the whole process.
+_CREATE_LOCK = threading.RLock()
+
+
 class DeltaTables:
     """The package's tables in one location or catalog schema."""
 
@@ -58,9 +66,10 @@ class DeltaTables:
     def exists(self, name: str) -> bool:
         from delta.tables import DeltaTable
 
-        if self.by_path:
-            return DeltaTable.isDeltaTable(self.spark, self.ref(name))
-        return self.spark.catalog.tableExists(self.ref(name))
+        with _CREATE_LOCK:
+            if self.by_path:
+                return DeltaTable.isDeltaTable(self.spark, self.ref(name))
+            return self.spark.catalog.tableExists(self.ref(name))
 
     def ensure(
         self,
@@ -72,6 +81,12 @@ class DeltaTables:
     ) -> bool:
         """Create the table with ``schema`` and the explicit properties if missing;
         return whether this call created it (so it is known to be empty)."""
+        with _CREATE_LOCK:
+            return self._create(name, schema, partition_by, comment)
+
+    def _create(
+        self, name: str, schema: StructType, partition_by: Sequence[str], comment: str
+    ) -> bool:
         from delta.tables import DeltaTable
 
         if self.exists(name):
@@ -87,12 +102,17 @@ class DeltaTables:
             builder = builder.property(key, value)
         if comment:
             builder = builder.comment(comment)
-        try:
-            builder.execute()
-        except Exception as exc:  # a concurrent run may have created it first
-            if not self.exists(name):
-                raise TableError(f"cannot create table {name}") from exc
-            return False
+        for attempt in range(3):
+            try:
+                builder.execute()
+                break
+            except Exception as exc:  # a concurrent run may have created it first
+                if self.exists(name):
+                    return False
+                if attempt == 2:
+                    raise TableError(f"cannot create table {name}") from exc
+                logger.info("creating table %s failed, retrying", name)
+                time.sleep(0.5 * (attempt + 1))
         logger.info("created table %s", name)
         return True
 
