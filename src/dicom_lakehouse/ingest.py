@@ -177,11 +177,6 @@ def run_ingest(
         folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
         scope += f" AND partition_folder IN ({folders})"
 
-    # tables are made and the last run's state read while the lake is listed
-    prep = ThreadPoolExecutor(2, thread_name_prefix="dl-prep")
-    made = prep.submit(_timed, summary, "tables", ensure_bronze_tables, tables)
-    state = prep.submit(_timed, summary, "state", _previous_run, tables, lake, scope)
-    prep.shutdown(wait=False)
     tasks = plan_listing(
         open_backend(spec),
         lake.workspace,
