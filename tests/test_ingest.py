@@ -26,11 +26,14 @@ pytestmark = pytest.mark.spark
 FIXED = RunContext(run_id="run-1", started_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
 
 
-@pytest.fixture(scope="module")
-def ingested(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module", params=["driver", "executors"])
+def ingested(spark, tmp_path_factory, request):  # type: ignore[no-untyped-def]
+    """The sample lake ingested once with a driver listing (the default for a small
+    lake) and once listed on executors (``lake.driver_listing_limit: 0``)."""
     root = tmp_path_factory.mktemp("ingest")
     lake = build_sample_lake(root / "lake")
-    settings = settings_for(root / "lake", root / "tables")
+    limit = {} if request.param == "driver" else {"driver_listing_limit": 0}
+    settings = settings_for(root / "lake", root / "tables", lake=limit)
     summary = run_ingest(settings, spark, run=FIXED)
     return lake, settings, summary, DeltaTables(spark, settings.tables)
 
@@ -125,6 +128,20 @@ def test_rerun_on_unchanged_lake_adds_nothing(spark, ingested) -> None:  # type:
     assert again.bytes_read == 0
     after = (tables.read("bronze_instances").count(), tables.read("bronze_quarantine").count())
     assert after == before
+
+
+def test_driver_and_executor_listings_fingerprint_the_lake_alike(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A run listed on the driver, then one listed on executors: the second sees the
+    same listing (same fingerprint, timestamps included) and has nothing to compare."""
+    build_sample_lake(tmp_path / "lake", studies_per_partition=1, include_testdata=False)
+    first = run_ingest(settings_for(tmp_path / "lake", tmp_path / "tables"), spark)
+    executors = settings_for(
+        tmp_path / "lake", tmp_path / "tables", lake={"driver_listing_limit": 0}
+    )
+    again = run_ingest(executors, spark)
+    assert again.files_listed == first.files_listed
+    assert again.files_unchanged == first.files_ingested + first.files_quarantined > 0
+    assert "compare" not in again.phase_seconds and "read" not in again.phase_seconds
 
 
 def test_changed_file_lands_as_a_new_version(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

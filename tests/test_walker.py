@@ -104,3 +104,20 @@ def test_folder_entries_of_flat_listings_are_skipped(tmp_path: Path) -> None:
     assert any(e.is_dir for e in entries)
     rows = [classify_entry(e, root) for e in entries]
     assert {r["file_path"] for r in rows if r} == {f.path for f in lake.files}
+
+
+def test_driver_listing_classifies_every_file_and_stops_past_its_limit(tmp_path: Path) -> None:
+    from dicom_lakehouse.bronze import list_on_driver
+    from dicom_lakehouse.lake.backend import BackendSpec
+
+    lake = build_sample_lake(tmp_path)
+    spec = BackendSpec(str(tmp_path), ())
+    tasks = plan_listing(LocalBackend(tmp_path), "ws1", "svc1", digits=1)
+    table = list_on_driver(spec, tasks, "ws1", "svc1", limit=len(lake.files))
+    assert table is not None
+    rows = table.to_pylist()
+    assert sorted(r["file_path"] for r in rows) == sorted(f.path for f in lake.files)
+    assert {r["file_path"]: r["kind"] for r in rows} == {f.path: str(f.kind) for f in lake.files}
+    # one file more than the limit allows: the caller lists on executors instead
+    assert list_on_driver(spec, tasks, "ws1", "svc1", limit=len(lake.files) - 1) is None
+    assert list_on_driver(spec, tasks, "ws1", "svc1", limit=0) is None

@@ -1,6 +1,7 @@
 """Spark layer of bronze ingestion: listing and header reading on executors.
 
-``listing_dataframe`` runs the walker's listing tasks inside ``mapInArrow``;
+``listing_dataframe`` runs the walker's listing tasks inside ``mapInArrow``
+(or, for a lake small enough, on the driver: no Spark job at all);
 ``read_headers`` reads the headers of a listing's instance files inside
 ``mapInArrow`` (batched, Arrow in and out, never a row-at-a-time UDF); and
 ``split_results`` is the pure transform that splits header results into
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["listing_dataframe", "read_headers", "split_results"]
+__all__ = ["list_on_driver", "listing_dataframe", "read_headers", "split_results"]
 
 _OUT_ROWS = 256
 
@@ -42,11 +44,65 @@ def _chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
+class _TooManyError(Exception):
+    """The driver listing passed its limit."""
+
+
+def list_on_driver(
+    spec: BackendSpec,
+    tasks: list[ListingTask],
+    workspace: str,
+    service: str,
+    verify_prefix: bool = False,
+    *,
+    limit: int,
+    threads: int = 16,
+) -> pa.Table | None:
+    """The tasks' listing rows (LISTING columns) listed on the driver, or ``None``
+    as soon as more than ``limit`` entries turn up (list on executors then).
+
+    A scheduled run over a small or unchanged lake then costs no Spark job for its
+    listing; a large lake pays at most ``limit`` entries listed twice."""
+    if limit <= 0 or not tasks:
+        return None if limit <= 0 else pa.Table.from_pylist([], arrow_schema(LISTING_COLUMNS))
+    root = service_root(workspace, service)
+    backend = open_backend(spec)
+    seen = itertools.count(1)  # next() is atomic under the GIL
+
+    def one(task: ListingTask) -> list[dict]:
+        rows = []
+        for entry in run_listing_task(backend, task):
+            if next(seen) > limit:
+                raise _TooManyError
+            row = classify_entry(entry, root, verify_prefix=verify_prefix)
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    try:
+        with ThreadPoolExecutor(max(1, min(threads, len(tasks))), "dl-list") as pool:
+            parts = list(pool.map(one, tasks))
+    except _TooManyError:
+        return None
+    rows = [row for part in parts for row in part]
+    return pa.Table.from_pylist(rows, schema=arrow_schema(LISTING_COLUMNS))
+
+
+def listing_from_arrow(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """A driver listing as a Spark DataFrame (LISTING schema)."""
+    import pyspark
+
+    from dicom_lakehouse.schemas import LISTING
+
+    if int(pyspark.__version__.split(".")[0]) >= 4:  # Arrow tables are accepted as is
+        return spark.createDataFrame(table, LISTING)  # type: ignore[arg-type]
+    return spark.createDataFrame(table.to_pandas(), LISTING)
+
+
 def listing_dataframe(
     spark: SparkSession,
     spec: BackendSpec,
     tasks: list[ListingTask],
-    *,
     workspace: str,
     service: str,
     verify_prefix: bool = False,

@@ -49,6 +49,12 @@ class LakeConfig(_Model):
         default=None, description="Partitions to walk; all when unset"
     )
     shard_digits: int = Field(default=1, ge=0, le=3, description="Listing shards per partition")
+    driver_listing_limit: int = Field(
+        default=10_000,
+        ge=0,
+        description="A lake of up to this many files is listed on the driver (no Spark job); "
+        "0 always lists on executors",
+    )
     verify_name_prefix: bool = Field(
         default=False, description="Report flat names whose hash prefix is wrong as foreign"
     )

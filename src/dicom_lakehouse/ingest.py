@@ -17,7 +17,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -127,10 +127,15 @@ def ensure_bronze_tables(tables: DeltaTables) -> set[str]:
         (LAKE_FILES, schemas.LAKE_FILES, "The latest listing of the lake, every file"),
         (INGEST_RUNS, schemas.INGEST_RUNS, "One row per completed ingest run"),
     )
-    # one after the other (see io/delta.py), the lease table with them
-    created = {name for name, schema, note in specs if tables.ensure(name, schema, comment=note)}
-    ensure_lease_table(tables)
-    return created
+    # side by side: each is one driver-side commit
+    with ThreadPoolExecutor(len(specs) + 1, thread_name_prefix="dl-tables") as pool:
+        made = {
+            name: pool.submit(tables.ensure, name, schema, comment=note)
+            for name, schema, note in specs
+        }
+        lease = pool.submit(ensure_lease_table, tables)
+        lease.result()
+        return {name for name, done in made.items() if done.result()}
 
 
 def _sql_str(value: str) -> str:
@@ -162,7 +167,7 @@ def run_ingest(
     """Run one ingest of ``settings.lake`` into the bronze tables."""
     from pyspark import StorageLevel
 
-    from dicom_lakehouse.bronze import listing_dataframe
+    from dicom_lakehouse.bronze import list_on_driver, listing_dataframe, listing_from_arrow
 
     started = time.perf_counter()
     run = run or RunContext()
@@ -185,41 +190,62 @@ def run_ingest(
         digits=lake.shard_digits,
     )
     say(f"listing {len(tasks)} shard task(s) of {lake.workspace}/{lake.service}")
-    listing = listing_dataframe(
-        spark,
-        spec,
-        tasks,
-        workspace=lake.workspace,
-        service=lake.service,
-        verify_prefix=lake.verify_name_prefix,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    # the lake is listed while the tables are made and the last run's state is read
-    prep = ThreadPoolExecutor(2, thread_name_prefix="dl-prep")
-    made = prep.submit(_timed, summary, "tables", ensure_bronze_tables, tables)
-    state = prep.submit(_timed, summary, "state", _previous_run, tables, lake, scope)
-    prep.shutdown(wait=False)
-    try:
+    lease_name = f"ingest/{lake.workspace}/{lake.service}"
+    ttl = timedelta(minutes=settings.ingest.lease_minutes)
+    # A first run always lands files: its lease is taken while the lake is listed.
+    # Later runs take it only once the listing shows work (a re-run that finds the
+    # lake unchanged makes no commit at all).
+    first_run = not tables.exists(INGEST_RUNS)
+    # nothing has landed yet: the headers are read while the tables are still made
+    all_new = (
+        first_run and not tables.exists(BRONZE_INSTANCES) and not tables.exists(BRONZE_QUARANTINE)
+    )
+    with contextlib.ExitStack() as stack:
+        held: LeaseHandle | None = None
+        if first_run:
+            held = stack.enter_context(
+                job_lease(tables, lease_name, run.run_id, ttl=ttl, release_on_success=False)
+            )
+        # the lake is listed while the tables are made and the last run's state is read
+        prep = ThreadPoolExecutor(1, thread_name_prefix="dl-prep")
+        ready = prep.submit(_prepare, summary, tables, lake, scope)
+        prep.shutdown(wait=False)
+        where = (lake.workspace, lake.service, lake.verify_name_prefix)
         with summary.phase("list"):
-            listed = _count_listing(listing, summary)
-        created: set[str] = made.result()
-        previous: _State = state.result()
-        instances = summary.files_listed - summary.files_ignored - summary.files_foreign
-        if previous.listing == listed and settings.ingest.skip_unchanged_listing:
-            # the last completed run saw exactly this listing and left nothing to retry
-            summary.files_unchanged = instances
-            say(f"listed {summary.files_listed} files: unchanged since the last run")
-        else:
-            # The run's record in ingest_runs is its release: the next run takes the
-            # lease of a recorded run at once, so a successful run skips the release
-            # commit (a failed one releases; a killed one expires).
-            with job_lease(
-                tables,
-                f"ingest/{lake.workspace}/{lake.service}",
-                run.run_id,
-                ttl=timedelta(minutes=settings.ingest.lease_minutes),
-                finished=[previous.last_run_id] if previous.last_run_id else [],
-                release_on_success=False,
-            ) as held:
+            small = list_on_driver(spec, tasks, *where, limit=lake.driver_listing_limit)
+            if small is not None:
+                listing = listing_from_arrow(spark, small)
+            else:
+                listing = listing_dataframe(spark, spec, tasks, *where)
+            listing = listing.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            with summary.phase("list"):
+                listed = _count_listing(listing, summary)
+            created: set[str] | None = None
+            previous = _State()
+            if not all_new:
+                created, previous = ready.result()
+            instances = summary.files_listed - summary.files_ignored - summary.files_foreign
+            unchanged = previous.listing == listed and settings.ingest.skip_unchanged_listing
+            if unchanged and held is None:
+                # the last completed run saw exactly this listing and left nothing to retry
+                summary.files_unchanged = instances
+                say(f"listed {summary.files_listed} files: unchanged since the last run")
+            else:
+                # The run's record in ingest_runs is its release: the next run takes
+                # the lease of a recorded run at once, so a successful run skips the
+                # release commit (a failed one releases; a killed one expires).
+                if held is None:
+                    held = stack.enter_context(
+                        job_lease(
+                            tables,
+                            lease_name,
+                            run.run_id,
+                            ttl=ttl,
+                            finished=[previous.last_run_id] if previous.last_run_id else [],
+                            release_on_success=False,
+                        )
+                    )
                 _land(
                     spark,
                     settings,
@@ -229,18 +255,19 @@ def run_ingest(
                     listing,
                     scope,
                     created,
+                    ready,
                     summary,
                     say,
                     held,
                 )
                 with summary.phase("record"):
                     _record_run(spark, tables, lake, scope, run, listed, summary)
-    except LeaseHeldError as exc:
-        # an overlapping scheduled run is still landing files: leave it to it
-        summary.skipped_reason = "lease_held"
-        say(f"skipped: {exc}")
-    finally:
-        listing.unpersist()
+        except LeaseHeldError as exc:
+            # an overlapping scheduled run is still landing files: leave it to it
+            summary.skipped_reason = "lease_held"
+            say(f"skipped: {exc}")
+        finally:
+            listing.unpersist()
     summary.seconds = round(time.perf_counter() - started, 3)
     if settings.mlflow.tracking_uri:
         from dicom_lakehouse.tracking import lake_params, log_job
@@ -257,7 +284,8 @@ def _land(
     run: RunContext,
     listing: DataFrame,
     scope: str,
-    created: set[str],
+    created: set[str] | None,
+    ready: Future[tuple[set[str], _State]],
     summary: IngestSummary,
     say: Callable[[str], None],
     held: LeaseHandle,
@@ -265,7 +293,9 @@ def _land(
     """Replace the listing in lake_files and land every new file version.
 
     Read-only work (comparing, reading headers) starts while the lease is still
-    being acquired; every write waits for it (``held.wait()``)."""
+    being acquired, and on a first run while the tables are still being made
+    (``created`` is None then); every write waits for both (``held.wait()``,
+    ``ready``)."""
     from pyspark.sql import functions as F
 
     lake = settings.lake
@@ -279,8 +309,9 @@ def _land(
 
     def write_listing() -> None:
         held.wait()
+        made, _ = ready.result()
         with summary.phase("lake_files"):
-            if LAKE_FILES in created:
+            if LAKE_FILES in made:
                 tables.append(stamped, LAKE_FILES)
             else:
                 tables.replace_where(stamped, LAKE_FILES, scope)
@@ -288,7 +319,9 @@ def _land(
     # the listing's commit is independent of the bronze work: run them side by side
     with ThreadPoolExecutor(1, thread_name_prefix="dl-listing") as pool:
         listing_written = pool.submit(write_listing)
-        _land_instances(spark, settings, tables, spec, run, listing, created, summary, say, held)
+        _land_instances(
+            spark, settings, tables, spec, run, listing, created, ready, summary, say, held
+        )
         listing_written.result()
 
 
@@ -299,7 +332,8 @@ def _land_instances(
     spec: BackendSpec,
     run: RunContext,
     listing: DataFrame,
-    created: set[str],
+    created: set[str] | None,
+    ready: Future[tuple[set[str], _State]],
     summary: IngestSummary,
     say: Callable[[str], None],
     held: LeaseHandle,
@@ -308,7 +342,7 @@ def _land_instances(
 
     instances = listing.where(F.col("kind") == "instance")
     instance_count = summary.files_listed - summary.files_ignored - summary.files_foreign
-    if {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= created:
+    if created is None or {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= created:
         # nothing has landed yet: every listed instance (the listing is persisted)
         candidates, todo = instances, instance_count
     else:
@@ -323,7 +357,9 @@ def _land_instances(
         f"{summary.files_unchanged} unchanged"
     )
     if todo:
-        _ingest_candidates(spark, settings, tables, spec, run, candidates, todo, summary, say, held)
+        _ingest_candidates(
+            spark, settings, tables, spec, run, candidates, todo, ready, summary, say, held
+        )
 
 
 def _count_listing(listing: DataFrame, summary: IngestSummary) -> _Listing:
@@ -357,9 +393,16 @@ def _count_listing(listing: DataFrame, summary: IngestSummary) -> _Listing:
     return _Listing(summary.files_listed, str(fingerprint))
 
 
-def _timed(summary: IngestSummary, name: str, func: Callable[..., Any], *args: Any) -> Any:
-    with summary.phase(name):
-        return func(*args)
+def _prepare(
+    summary: IngestSummary, tables: DeltaTables, lake: LakeConfig, scope: str
+) -> tuple[set[str], _State]:
+    """Create the tables, then read the last run's state (none when ingest_runs was
+    created just now)."""
+    with summary.phase("tables"):
+        created = ensure_bronze_tables(tables)
+    with summary.phase("state"):
+        state = _State() if INGEST_RUNS in created else _previous_run(tables, lake, scope)
+    return created, state
 
 
 _RUN_MARK = "dicom_lakehouse.ingest_run/1"
@@ -484,6 +527,7 @@ def _ingest_candidates(
     run: RunContext,
     candidates: DataFrame,
     todo: int,
+    ready: Future[tuple[set[str], _State]],
     summary: IngestSummary,
     say: Callable[[str], None],
     held: LeaseHandle,
@@ -518,15 +562,24 @@ def _ingest_candidates(
                 )
             good, bad = split_results(results, ingested_at=run.started_at, run_id=run.run_id)
             app = f"dicom-lakehouse-ingest-{run.run_id}"
-            held.wait()  # writes only under the lease
+            ingested = sum(row["n"] for row in stats if row["status"] == "ingested")
+            quarantined = sum(row["n"] for row in stats) - ingested
+            # an empty side makes no commit
+            outputs = [
+                (frame, name, suffix)
+                for frame, name, suffix, rows in (
+                    (good, BRONZE_INSTANCES, "instances", ingested),
+                    (bad, BRONZE_QUARANTINE, "quarantine", quarantined),
+                )
+                if rows
+            ]
+            with summary.phase("lease"):
+                held.wait()  # writes only under the lease, to tables that exist
+                ready.result()
             with summary.phase("write"), ThreadPoolExecutor(2) as pool:
                 writes = [
-                    pool.submit(
-                        tables.append, good, BRONZE_INSTANCES, txn=(f"{app}-instances", index)
-                    ),
-                    pool.submit(
-                        tables.append, bad, BRONZE_QUARANTINE, txn=(f"{app}-quarantine", index)
-                    ),
+                    pool.submit(tables.append, frame, name, txn=(f"{app}-{suffix}", index))
+                    for frame, name, suffix in outputs
                 ]
                 for write in writes:
                     write.result()

@@ -37,10 +37,17 @@ TABLE_PROPERTIES: dict[str, str] = {
 }
 
 
-# Creating Delta tables from several threads of one session can fail with
-# DELTA_TABLE_NOT_FOUND for the table being created (seen under load): creation and
-# the existence check that precedes it are serialised for the whole process.
-_CREATE_LOCK = threading.RLock()
+# Creating one Delta table from several threads of one session can fail with
+# DELTA_TABLE_NOT_FOUND for the table being created (seen under load): a table's
+# creation and the existence check that precedes it are serialised per table, so
+# different tables are still created side by side.
+_CREATE_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _create_lock(ref: str) -> threading.RLock:
+    with _LOCKS_LOCK:
+        return _CREATE_LOCKS.setdefault(ref, threading.RLock())
 
 
 class DeltaTables:
@@ -66,7 +73,7 @@ class DeltaTables:
     def exists(self, name: str) -> bool:
         from delta.tables import DeltaTable
 
-        with _CREATE_LOCK:
+        with _create_lock(self.ref(name)):
             if self.by_path:
                 return DeltaTable.isDeltaTable(self.spark, self.ref(name))
             return self.spark.catalog.tableExists(self.ref(name))
@@ -81,7 +88,7 @@ class DeltaTables:
     ) -> bool:
         """Create the table with ``schema`` and the explicit properties if missing;
         return whether this call created it (so it is known to be empty)."""
-        with _CREATE_LOCK:
+        with _create_lock(self.ref(name)):
             return self._create(name, schema, partition_by, comment)
 
     def _create(
