@@ -119,6 +119,19 @@ def test_tables_are_readable_by_delta_rs_with_basic_protocol(ingested) -> None: 
     assert rows == summary.files_ingested
 
 
+def test_bronze_file_stats_cover_run_id_and_leave_patients_out(ingested) -> None:  # type: ignore[no-untyped-def]
+    """Refine finds a run's rows by run_id file statistics; PHI stays out of the log."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    _, _, _, tables = ingested
+    actions = DeltaTable(tables.ref("bronze_instances")).get_add_actions(flatten=True)
+    stats = pa.table(actions).to_pydict()
+    assert stats["min.run_id"] and all(v == FIXED.run_id for v in stats["max.run_id"])
+    assert "min.study_instance_uid" in stats
+    assert not [k for k in stats if "patient" in k and k.startswith(("min.", "max."))]
+
+
 def test_rerun_on_unchanged_lake_adds_nothing(spark, ingested) -> None:  # type: ignore[no-untyped-def]
     _, settings, summary, tables = ingested
     before = (tables.read("bronze_instances").count(), tables.read("bronze_quarantine").count())

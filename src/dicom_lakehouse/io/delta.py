@@ -85,14 +85,21 @@ class DeltaTables:
         *,
         partition_by: Sequence[str] = (),
         comment: str = "",
+        properties: dict[str, str] | None = None,
     ) -> bool:
-        """Create the table with ``schema`` and the explicit properties if missing;
-        return whether this call created it (so it is known to be empty)."""
+        """Create the table with ``schema`` and the explicit properties (plus the
+        table's own ``properties``) if missing; return whether this call created it
+        (so it is known to be empty)."""
         with _create_lock(self.ref(name)):
-            return self._create(name, schema, partition_by, comment)
+            return self._create(name, schema, partition_by, comment, properties or {})
 
     def _create(
-        self, name: str, schema: StructType, partition_by: Sequence[str], comment: str
+        self,
+        name: str,
+        schema: StructType,
+        partition_by: Sequence[str],
+        comment: str,
+        properties: dict[str, str],
     ) -> bool:
         from delta.tables import DeltaTable
 
@@ -105,7 +112,7 @@ class DeltaTables:
         builder = builder.addColumns(schema)
         if partition_by:
             builder = builder.partitionedBy(*partition_by)
-        for key, value in TABLE_PROPERTIES.items():
+        for key, value in {**TABLE_PROPERTIES, **properties}.items():
             builder = builder.property(key, value)
         if comment:
             builder = builder.comment(comment)
