@@ -52,6 +52,9 @@ SILVER_PATIENTS = "silver_patients"
 REFINED_RUNS = "refined_ingest_runs"
 
 _STUDY = ["partition_name", "study_instance_uid"]
+# New bronze rows up to this many find their listing rows through a broadcast join.
+_BROADCAST_ROWS = 200_000
+
 _KEYS = {
     SILVER_INSTANCES: ["partition_name", "sop_instance_uid"],
     SILVER_SERIES: ["partition_name", "study_instance_uid", "series_instance_uid"],
@@ -113,11 +116,14 @@ def silver_schemas(spark: SparkSession) -> dict[str, Any]:
 def _ensure(spark: SparkSession, tables: DeltaTables) -> set[str]:
     from pyspark.sql import types as T
 
-    created = {
-        name
-        for name, schema in silver_schemas(spark).items()
-        if tables.ensure(name, schema, partition_by=["partition_name"])
-    }
+    created: set[str] = set()
+    # the schemas come from analysing the whole transform: only when a table is missing
+    if not all(tables.exists(name) for name in _KEYS):
+        created = {
+            name
+            for name, schema in silver_schemas(spark).items()
+            if tables.ensure(name, schema, partition_by=["partition_name"])
+        }
     runs = T.StructType(
         [
             T.StructField("run_id", T.StringType()),
@@ -177,9 +183,10 @@ def _refine_locked(
     from dicom_lakehouse import silver
 
     with summary.phase("runs"):
-        runs = tables.read(INGEST_RUNS).select("run_id").distinct()
-        done = tables.read(REFINED_RUNS).select("run_id")
-        new_runs = [r["run_id"] for r in runs.join(done, "run_id", "left_anti").collect()]
+        # two narrow scans of small tables, compared here (no shuffle)
+        done = {r["run_id"] for r in tables.read(REFINED_RUNS).select("run_id").collect()}
+        runs = {r["run_id"] for r in tables.read(INGEST_RUNS).select("run_id").collect()}
+        new_runs = sorted(runs - done)
     summary.ingest_runs_refined = len(new_runs)
     bronze = tables.read(BRONZE_INSTANCES)
     lake_files = tables.read(LAKE_FILES)
@@ -248,12 +255,17 @@ def _refine_incrementally(
     listed = lake_files.where(F.col("kind") == "instance").select(*version)
     current_silver = tables.read(SILVER_INSTANCES)
     with summary.phase("typed"):
-        # Only the new file versions are read from bronze (each batch file holds one
-        # run_id, so Parquet skips the rest): an older version can only be current
-        # already, i.e. in silver.
-        typed = silver.typed_instances(
-            silver.current_instances(bronze.where(F.col("run_id").isin(new_runs)), lake_files)
-        ).localCheckpoint(eager=True)
+        # Only the new file versions are read from bronze (file statistics on run_id
+        # skip the rest): an older version can only be current already, i.e. in silver.
+        added = bronze.where(F.col("run_id").isin(new_runs))
+        added_files = lake_files
+        if added.count() <= _BROADCAST_ROWS:
+            # the listing rows of just those files, found through a broadcast of
+            # their paths, so the lake's whole listing is never shuffled
+            paths = F.broadcast(added.select("file_path").distinct())
+            added_files = lake_files.join(paths, "file_path", "left_semi")
+        current = silver.current_instances(added, added_files)
+        typed = silver.typed_instances(current).localCheckpoint(eager=True)
         summary.coerced = silver.coercion_counts(typed)
     new_rows = silver.drop_raw(typed)
     # bronze versions never change; silver is read only under the lease
