@@ -132,10 +132,18 @@ def test_bad_values_become_null_and_are_counted(spark) -> None:  # type: ignore[
 
 
 def _add_instance(
-    lake_root: Path, template: Path, partition: str, watermark: int, sop: str
+    lake_root: Path,
+    template: Path,
+    partition: str,
+    watermark: int,
+    sop: str,
+    study: str | None = None,
 ) -> Path:
     ds = pydicom.dcmread(template)
     ds.SOPInstanceUID = sop
+    if study is not None:  # a new study (and series) of the same patient
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[study, "series"])
     ds.file_meta.MediaStorageSOPInstanceUID = sop
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -212,14 +220,25 @@ def _rows(tables: DeltaTables, name: str) -> list[tuple]:  # type: ignore[type-a
 
 
 def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """New instances, a new version of an existing one and a deleted study, each
-    refined incrementally: every silver table then equals a full rebuild's."""
+    """A new study, new instances, a new version of an existing one and a deleted
+    study, each refined incrementally (appends where silver never had the rows,
+    MERGEs otherwise): every silver table then equals a full rebuild's."""
     lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
     settings = settings_for(tmp_path / "lake", tmp_path / "tables")
     tables = DeltaTables(spark, settings.tables)
     run_ingest(settings, spark)
     run_refine(settings, spark)
     target = next(f for f in lake.current_instances if f.partition_name == "research")
+    new_study = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full", "study"])
+    for n in range(2):
+        sop = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full", "study", str(n)])
+        _add_instance(
+            tmp_path / "lake", lake.root / target.path, "research", 9000 + n, sop, new_study
+        )
+    run_ingest(settings, spark)
+    assert run_refine(settings, spark).studies_recomputed == 1
+    study_rows = tables.read("silver_studies").where(f"study_instance_uid = '{new_study}'")
+    assert [r["instance_count"] for r in study_rows.collect()] == [2]
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9100, new_sop)
     # a newer version of an instance that is already in silver

@@ -32,6 +32,7 @@ from dicom_lakehouse.spark import get_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 __all__ = [
     "REFINED_RUNS",
@@ -306,14 +307,8 @@ def _refine_incrementally(
             .select(*new_rows.columns)
             .localCheckpoint(eager=True)
         )
-        # a deleted row needs only its keys: the other columns are typed NULLs
-        tombstones = gone.select(*keys).join(winners.select(*keys), keys, "left_anti")
-        tombstones = tombstones.select(
-            *[
-                F.col(c) if c in keys else F.lit(None).cast(new_rows.schema[c].dataType).alias(c)
-                for c in new_rows.columns
-            ]
-        ).localCheckpoint(eager=True)
+        gone_keys = gone.select(*keys).join(winners.select(*keys), keys, "left_anti")
+        tombstones = _tombstones(gone_keys, new_rows.schema, keys).localCheckpoint(eager=True)
         summary.instances_deleted = tombstones.count()
         summary.instances_changed = winners.count() + summary.instances_deleted
     source = winners.withColumn("_delete", F.lit(False)).unionByName(
@@ -322,7 +317,11 @@ def _refine_incrementally(
     # patients of the affected studies, before and after, are recomputed too
     patients_before = prior.select(*patient).distinct()
     with summary.phase("merge_instances"):
-        tables.merge_with_deletes(source, SILVER_INSTANCES, keys)
+        replaced = _match(winners.select(*keys), prior.select(*keys), keys, "left_semi")
+        if summary.instances_deleted or not replaced.isEmpty():
+            tables.merge_with_deletes(source, SILVER_INSTANCES, keys)
+        else:  # only instances silver has never had: an append, no MERGE
+            tables.append(winners.select(*current_silver.columns), SILVER_INSTANCES)
     after = tables.read(SILVER_INSTANCES)
     with summary.phase("rollups"):
         # the touched studies' rows, without the one wide column no rollup reads
@@ -346,28 +345,45 @@ def _refine_incrementally(
                 patient,
             ),
         }
-        fresh = {
-            name: _silver_frames(rows)[name].localCheckpoint(eager=True)
-            for name, (rows, _, _) in scopes.items()
-        }
 
     def merge(name: str) -> None:
-        _, scope, scope_keys = scopes[name]
-        fresh_rows = fresh[name]
-        existing = _match(tables.read(name), F.broadcast(scope), scope_keys, "left_semi")
-        stale = _match(existing, fresh_rows, _KEYS[name], "left_anti").select(*fresh_rows.columns)
+        rows, scope, scope_keys = scopes[name]
+        key = _KEYS[name]
+        fresh_rows = _silver_frames(rows)[name].localCheckpoint(eager=True)
+        target = tables.read(name)
+        existing = (
+            _match(target, F.broadcast(scope), scope_keys, "left_semi")
+            .select(*key)
+            .localCheckpoint(eager=True)
+        )
+        if existing.isEmpty():  # the scope is new to the table: an append, no MERGE
+            tables.append(fresh_rows.select(*target.columns), name)
+            return
+        stale = _tombstones(_match(existing, fresh_rows, key, "left_anti"), fresh_rows.schema, key)
         merged = fresh_rows.withColumn("_delete", F.lit(False)).unionByName(
             stale.withColumn("_delete", F.lit(True))
         )
-        tables.merge_with_deletes(merged, name, _KEYS[name])
+        tables.merge_with_deletes(merged, name, key)
 
-    # three tables, three independent commits: side by side
+    # three tables, each recomputed and merged in its own commit: side by side
     with (
         summary.phase("merge_rollups"),
         ThreadPoolExecutor(3, thread_name_prefix="dl-merge") as pool,
     ):
         for done in [pool.submit(merge, name) for name in scopes]:
             done.result()
+
+
+def _tombstones(keys: DataFrame, schema: StructType, key: list[str]) -> DataFrame:
+    """Rows to delete: their ``key`` columns, every other column a typed NULL."""
+    from pyspark.sql import functions as F
+
+    return keys.select(
+        *[
+            F.col(c) if c in key else F.lit(None).cast(schema[c].dataType).alias(c)
+            for c in schema.fieldNames()
+        ]
+    )
 
 
 def _match(left: DataFrame, right: DataFrame, keys: list[str], how: str) -> DataFrame:
