@@ -63,8 +63,8 @@ def list_on_driver(
 
     A scheduled run over a small or unchanged lake then costs no Spark job for its
     listing; a large lake pays at most ``limit`` entries listed twice."""
-    if limit <= 0 or not tasks:
-        return None if limit <= 0 else pa.Table.from_pylist([], arrow_schema(LISTING_COLUMNS))
+    if limit <= 0:
+        return None
     root = service_root(workspace, service)
     backend = open_backend(spec)
     seen = itertools.count(1)  # next() is atomic under the GIL

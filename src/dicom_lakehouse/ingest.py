@@ -247,10 +247,8 @@ def run_ingest(
         try:
             with summary.phase("list"):
                 listed = _count_listing(listing, summary)
-            created: set[str] | None = None
-            previous = _State()
-            if not all_new:
-                created, previous = ready.result()
+            # a first run's state is known: nothing has landed
+            previous = _State() if all_new else ready.result()[1]
             instances = summary.files_listed - summary.files_ignored - summary.files_foreign
             unchanged = previous.listing == listed and settings.ingest.skip_unchanged_listing
             if unchanged and held is None:
@@ -280,7 +278,7 @@ def run_ingest(
                     run,
                     listing,
                     scope,
-                    created,
+                    all_new,
                     ready,
                     summary,
                     say,
@@ -310,7 +308,7 @@ def _land(
     run: RunContext,
     listing: DataFrame,
     scope: str,
-    created: set[str] | None,
+    all_new: bool,
     ready: Future[tuple[set[str], _State]],
     summary: IngestSummary,
     say: Callable[[str], None],
@@ -319,9 +317,8 @@ def _land(
     """Replace the listing in lake_files and land every new file version.
 
     Read-only work (comparing, reading headers) starts while the lease is still
-    being acquired, and on a first run while the tables are still being made
-    (``created`` is None then); every write waits for both (``held.wait()``,
-    ``ready``)."""
+    being acquired, and on a first run (``all_new``) while the tables are still
+    being made; every write waits for both (``held.wait()``, ``ready``)."""
     from pyspark.sql import functions as F
 
     lake = settings.lake
@@ -346,7 +343,7 @@ def _land(
     with ThreadPoolExecutor(1, thread_name_prefix="dl-listing") as pool:
         listing_written = pool.submit(write_listing)
         _land_instances(
-            spark, settings, tables, spec, run, listing, created, ready, summary, say, held
+            spark, settings, tables, spec, run, listing, all_new, ready, summary, say, held
         )
         listing_written.result()
 
@@ -358,7 +355,7 @@ def _land_instances(
     spec: BackendSpec,
     run: RunContext,
     listing: DataFrame,
-    created: set[str] | None,
+    all_new: bool,
     ready: Future[tuple[set[str], _State]],
     summary: IngestSummary,
     say: Callable[[str], None],
@@ -368,7 +365,7 @@ def _land_instances(
 
     instances = listing.where(F.col("kind") == "instance")
     instance_count = summary.files_listed - summary.files_ignored - summary.files_foreign
-    if created is None or {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= created:
+    if all_new or {BRONZE_INSTANCES, BRONZE_QUARANTINE} <= ready.result()[0]:
         # nothing has landed yet: every listed instance (the listing is persisted)
         candidates, todo = instances, instance_count
     else:
