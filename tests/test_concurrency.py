@@ -51,6 +51,25 @@ def test_two_racing_acquisitions_let_exactly_one_in(spark, tmp_path: Path) -> No
     assert tables.read(LEASES).where("name = 'race'").count() == 0  # released
 
 
+def test_the_first_lease_creates_its_table_in_one_commit(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No table yet: the lease's row lands with the table's creation (version 0, no
+    MERGE), with the explicit properties; the next holder goes through the MERGE."""
+    tables = DeltaTables(spark, settings_for(tmp_path / "l", tmp_path / "t").tables)
+    with job_lease(tables, "first", "a", ttl=timedelta(minutes=1)) as held:
+        held.wait()
+        history = tables.delta_table(LEASES).history().select("version", "operation").collect()
+        assert [(r["version"], r["operation"]) for r in history] == [(0, "CREATE TABLE AS SELECT")]
+        assert [r["holder"] for r in tables.read(LEASES).collect()] == ["a"]
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{tables.ref(LEASES)}`").first()
+        assert detail["properties"]["delta.enableDeletionVectors"] == "false"
+        assert (detail["minReaderVersion"], detail["minWriterVersion"]) == (1, 2)
+    with job_lease(tables, "first", "b", ttl=timedelta(minutes=1)) as held:
+        held.wait()  # a released lease is taken by the next run's MERGE
+        assert [r["holder"] for r in tables.read(LEASES).collect()] == ["b"]
+    operations = [r["operation"] for r in tables.delta_table(LEASES).history().collect()]
+    assert operations[:3] == ["DELETE", "MERGE", "DELETE"]
+
+
 def test_expired_lease_is_taken_over(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     tables = DeltaTables(spark, settings_for(tmp_path / "l", tmp_path / "t").tables)
     with (

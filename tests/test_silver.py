@@ -131,6 +131,37 @@ def test_bad_values_become_null_and_are_counted(spark) -> None:  # type: ignore[
     assert [r["age"] for r in out] == [57.0, None, None]
 
 
+def test_parse_da_keeps_only_real_dates(spark) -> None:  # type: ignore[no-untyped-def]
+    """Impossible, implausible and malformed DA values become NULL (ANSI or not)."""
+    from datetime import date
+
+    from pyspark.sql import functions as F
+
+    from dicom_lakehouse import silver
+
+    cases = {
+        "20240101": date(2024, 1, 1),
+        " 19991231 ": date(1999, 12, 31),
+        "20240229": date(2024, 2, 29),
+        "18000101": date(1800, 1, 1),
+        "20230229": None,  # not a leap year
+        "20230431": None,
+        "20231301": None,
+        "20230001": None,
+        "20230100": None,
+        "17991231": None,  # before 1800: a placeholder, not a date
+        "00000000": None,
+        "2024-01-01": None,
+        "2024011": None,
+        "202401011": None,
+        "2024O101": None,
+        "": None,
+    }
+    df = spark.createDataFrame([(k,) for k in cases], "da string")
+    out = df.select("da", silver.parse_da(F.col("da")).alias("parsed")).collect()
+    assert {r["da"]: r["parsed"] for r in out} == cases
+
+
 def _add_instance(
     lake_root: Path,
     template: Path,

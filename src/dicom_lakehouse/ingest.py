@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_lakehouse.config import LakeConfig, Settings
 from dicom_lakehouse.extract import ExtractOptions
 from dicom_lakehouse.io.delta import DeltaTables
-from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, ensure_lease_table, job_lease
+from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
 from dicom_lakehouse.lake.walker import plan_listing
 from dicom_lakehouse.phases import timed
@@ -151,16 +151,14 @@ def ensure_bronze_tables(tables: DeltaTables) -> set[str]:
         (LAKE_FILES, schemas.LAKE_FILES, "The latest listing of the lake, every file"),
         (INGEST_RUNS, schemas.INGEST_RUNS, "One row per completed ingest run"),
     )
-    # side by side: each is one driver-side commit
-    with ThreadPoolExecutor(len(specs) + 1, thread_name_prefix="dl-tables") as pool:
+    # side by side: each is one driver-side commit (job_leases is made by the lease)
+    with ThreadPoolExecutor(len(specs), thread_name_prefix="dl-tables") as pool:
         made = {
             name: pool.submit(
                 tables.ensure, name, schema, comment=note, properties=_PROPERTIES.get(name)
             )
             for name, schema, note in specs
         }
-        lease = pool.submit(ensure_lease_table, tables)
-        lease.result()
         return {name for name, done in made.items() if done.result()}
 
 

@@ -135,15 +135,11 @@ def to_int(text: Column) -> Column:
 def parse_da(text: Column) -> Column:
     """A DICOM DA (``YYYYMMDD``) as DATE; NULL for malformed or impossible dates."""
     clean = F.trim(text)
-    ok = clean.rlike(r"^[0-9]{8}$")
-    # every cast is guarded on its own: Spark does not promise to short-circuit AND
-    year = F.when(ok, F.substring(clean, 1, 4).cast("int"))
-    month = F.when(ok, F.substring(clean, 5, 2).cast("int"))
-    day = F.when(ok, F.substring(clean, 7, 2).cast("int"))
-    plausible = F.coalesce(ok & month.between(1, 12) & (day >= 1) & (year >= 1800), F.lit(False))
-    first = F.make_date(F.when(plausible, year), F.when(plausible, month), F.lit(1))
-    fits = F.coalesce(day <= F.dayofmonth(F.last_day(first)), F.lit(False))
-    return F.when(plausible & fits, F.make_date(year, month, F.when(plausible & fits, day)))
+    # try_to_timestamp: NULL for an impossible date (20231301, 20230229), ANSI or not
+    parsed = F.to_date(
+        F.try_to_timestamp(F.when(clean.rlike(r"^[0-9]{8}$"), clean), F.lit("yyyyMMdd"))
+    )
+    return F.when(F.year(parsed) >= 1800, parsed)
 
 
 def parse_tm(text: Column) -> Column:
@@ -221,20 +217,30 @@ def current_instances(bronze: DataFrame, lake_files: DataFrame) -> DataFrame:
 
 def typed_instances(current: DataFrame) -> DataFrame:
     """Typed silver_instances rows from current bronze rows."""
+    # Two projections: the parsed JSON and the values used more than once are
+    # computed first, so the optimiser never sees (or evaluates) a copy of them
     parsed = F.from_json(F.col("metadata_json"), _metadata_schema())
-    df = current.withColumn("_m", parsed)
-    vals = {name: _values_at(F.col("_m"), path) for name, path in _JSON_FIELDS.items()}
+    staged = (
+        current.withColumn("_m", parsed)
+        .select(
+            "*",
+            *[_values_at(F.col("_m"), path).alias(f"_v_{n}") for n, path in _JSON_FIELDS.items()],
+            parse_da(F.col("study_date")).alias("_study_date"),
+            parse_da(F.col("patient_birth_date")).alias("_birth_date"),
+            parse_tm(F.col("study_time")).alias("_study_time"),
+        )
+        .drop("_m")
+    )
+    vals = {name: F.col(f"_v_{name}") for name in _JSON_FIELDS}
 
     def first(name: str) -> Column:
         return F.element_at(vals[name], 1)
 
-    def second(name: str) -> Column:
-        return F.when(F.size(vals[name]) >= 2, F.element_at(vals[name], 2))
-
-    study_date = parse_da(F.col("study_date"))
-    birth_date = parse_da(F.col("patient_birth_date"))
+    study_date = F.col("_study_date")
+    birth_date = F.col("_birth_date")
+    study_time = F.col("_study_time")
     spacing = F.coalesce(vals["pixel_spacing"], vals["shared_pixel_spacing"])
-    out = df.select(
+    out = staged.select(
         "partition_name",
         "study_instance_uid",
         "series_instance_uid",
@@ -249,7 +255,7 @@ def typed_instances(current: DataFrame) -> DataFrame:
         F.upper(F.trim("body_part_examined")).alias("body_part_examined"),
         "patient_id",
         "sop_class_uid",
-        parse_tm(F.col("study_time")).alias("study_time"),
+        study_time.alias("study_time"),
         "series_number",
         "instance_number",
         "rows",
@@ -292,7 +298,7 @@ def typed_instances(current: DataFrame) -> DataFrame:
                 F.concat(
                     F.date_format(study_date, "yyyy-MM-dd"),
                     F.lit(" "),
-                    F.coalesce(F.substring(parse_tm(F.col("study_time")), 1, 8), F.lit("00:00:00")),
+                    F.coalesce(F.substring(study_time, 1, 8), F.lit("00:00:00")),
                 ),
                 F.lit("yyyy-MM-dd HH:mm:ss"),
             ),

@@ -130,6 +130,35 @@ class DeltaTables:
         logger.info("created table %s", name)
         return True
 
+    def create_with(
+        self,
+        df: DataFrame,
+        name: str,
+        *,
+        comment: str = "",
+        properties: dict[str, str] | None = None,
+    ) -> bool:
+        """Create the table holding ``df``'s rows in its first commit (one CTAS, with
+        the explicit properties); return False when it exists already, also when a
+        concurrent creation committed first."""
+        with _create_lock(self.ref(name)):
+            if self.exists(name):
+                return False
+            target = f"delta.`{self.ref(name)}`" if self.by_path else self.ref(name)
+            writer = df.writeTo(target).using("delta")
+            for key, value in {**TABLE_PROPERTIES, **(properties or {})}.items():
+                writer = writer.tableProperty(key, value)
+            if comment:
+                writer = writer.tableProperty("comment", comment)
+            try:
+                writer.create()
+            except Exception as exc:
+                if self.exists(name):
+                    return False
+                raise TableError(f"cannot create table {name}") from exc
+        logger.info("created table %s", name)
+        return True
+
     def delta_table(self, name: str):  # type: ignore[no-untyped-def]
         """The ``delta.tables.DeltaTable`` handle of ``name``."""
         from delta.tables import DeltaTable

@@ -3,7 +3,9 @@
 ``job_lease(tables, name, holder)`` inserts or takes over (when expired) the
 row ``name`` of the ``job_leases`` table with one MERGE; Delta's optimistic
 concurrency lets exactly one of two racing MERGEs commit, the other gets a
-named conflict exception and reads who holds the lease. A heartbeat thread
+named conflict exception and reads who holds the lease. The very first lease
+creates the table already holding its row (one commit; a racing creation loses
+version 0 and falls back to the MERGE). A heartbeat thread
 extends the lease while the job runs; a killed job's lease expires after
 ``ttl``. A job that durably records its own completion elsewhere (ingest's
 ``ingest_runs``) can skip the release commit: the next run passes the finished
@@ -26,7 +28,7 @@ from dicom_lakehouse.errors import DicomLakehouseError
 from dicom_lakehouse.io.delta import DeltaTables
 
 if TYPE_CHECKING:
-    pass
+    from pyspark.sql.types import StructType
 
 __all__ = ["LEASES", "LeaseHandle", "LeaseHeldError", "ensure_lease_table", "job_lease"]
 
@@ -66,11 +68,13 @@ def is_conflict(exc: BaseException) -> bool:
     return any(name in text for name in _CONFLICTS)
 
 
-def ensure_lease_table(tables: DeltaTables) -> bool:
-    """Create ``job_leases`` if missing (jobs may do it with their other tables)."""
+_COMMENT = "Who may write for each job scope, until when"
+
+
+def _schema() -> StructType:
     from pyspark.sql import types as T
 
-    schema = T.StructType(
+    return T.StructType(
         [
             T.StructField("name", T.StringType()),
             T.StructField("holder", T.StringType()),
@@ -78,7 +82,22 @@ def ensure_lease_table(tables: DeltaTables) -> bool:
             T.StructField("expires_at", T.TimestampType()),
         ]
     )
-    return tables.ensure(LEASES, schema, comment="Who may write for each job scope, until when")
+
+
+def ensure_lease_table(tables: DeltaTables) -> bool:
+    """Create ``job_leases`` if missing."""
+    return tables.ensure(LEASES, _schema(), comment=_COMMENT)
+
+
+def _create_holding(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> _Lease | None:
+    """A first run: create ``job_leases`` already holding this lease (one commit
+    instead of a creation and a MERGE). None when the table exists, also when a
+    concurrent run created it first (version 0 is committed once)."""
+    now = datetime.now(UTC)
+    row = tables.spark.createDataFrame([(name, holder, now, now + ttl)], _schema())
+    if tables.create_with(row, LEASES, comment=_COMMENT):
+        return _Lease(name, holder, now + ttl)
+    return None
 
 
 def _current(tables: DeltaTables, name: str) -> _Lease | None:
@@ -195,6 +214,10 @@ def job_lease(
     """
 
     def acquire() -> _Lease:
+        if not tables.exists(LEASES):
+            created = _create_holding(tables, name, holder, ttl)
+            if created is not None:
+                return created
         ensure_lease_table(tables)
         return _try_acquire(tables, name, holder, ttl, finished)
 
