@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from dicom_lakehouse.errors import DicomLakehouseError
+from dicom_lakehouse.errors import DicomLakehouseError, TableError
 from dicom_lakehouse.io.delta import DeltaTables
 
 if TYPE_CHECKING:
@@ -92,11 +92,15 @@ def ensure_lease_table(tables: DeltaTables) -> bool:
 def _create_holding(tables: DeltaTables, name: str, holder: str, ttl: timedelta) -> _Lease | None:
     """A first run: create ``job_leases`` already holding this lease (one commit
     instead of a creation and a MERGE). None when the table exists, also when a
-    concurrent run created it first (version 0 is committed once)."""
+    concurrent run created it first (version 0 is committed once), or when that
+    creation failed."""
     now = datetime.now(UTC)
     row = tables.spark.createDataFrame([(name, holder, now, now + ttl)], _schema())
-    if tables.create_with(row, LEASES, comment=_COMMENT):
-        return _Lease(name, holder, now + ttl)
+    try:
+        if tables.create_with(row, LEASES, comment=_COMMENT):
+            return _Lease(name, holder, now + ttl)
+    except TableError:  # the caller creates it empty (with retries) and MERGEs
+        logger.info("lease %s: creating %s with its row failed", name, LEASES)
     return None
 
 
@@ -218,7 +222,7 @@ def job_lease(
             created = _create_holding(tables, name, holder, ttl)
             if created is not None:
                 return created
-        ensure_lease_table(tables)
+            ensure_lease_table(tables)  # it failed, or another run created it first
         return _try_acquire(tables, name, holder, ttl, finished)
 
     stop = threading.Event()
