@@ -39,7 +39,8 @@ __all__ = ["list_on_driver", "listing_dataframe", "read_headers", "split_results
 _OUT_ROWS = 256
 
 
-def _chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+def chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    """``rows`` in lists of at most ``size``."""
     while chunk := list(itertools.islice(rows, size)):
         yield chunk
 
@@ -126,7 +127,7 @@ def listing_dataframe(
                     )
                     if row is not None
                 )
-                for chunk in _chunks(rows, 4096):
+                for chunk in chunks(rows, 4096):
                     yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
     slices = max(1, min(len(task_list), spark.sparkContext.defaultParallelism))
@@ -155,7 +156,7 @@ def read_headers(
     def read_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         backend = open_backend(spec)
         rows = (row for batch in batches for row in batch.to_pylist())
-        for chunk in _chunks(extract_rows(backend, rows, options), _OUT_ROWS):
+        for chunk in chunks(extract_rows(backend, rows, options), _OUT_ROWS):
             yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
     return listed.select(*wanted).repartition(max(1, tasks)).mapInArrow(read_batches, HEADER_RESULT)

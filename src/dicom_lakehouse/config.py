@@ -61,6 +61,23 @@ class LakeConfig(_Model):
     storage: dict[str, str] = Field(
         default_factory=dict, description="Backend options (no secrets: env var names only)"
     )
+    access: Literal["direct", "hadoop"] = Field(
+        default="direct",
+        description="direct: the package's own backends (local path, ADLS SDK) with ranged "
+        "reads; hadoop: Spark's Hadoop filesystem and the cluster's credentials (any Hadoop "
+        "URI: abfss, wasbs, dbfs, file), slower: it reads whole files",
+    )
+    hadoop_head_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        description="access=hadoop: bytes of each file handed to the header parser",
+    )
+    hadoop_max_file_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        le=2**31 - 1,
+        description="access=hadoop: larger files are quarantined (file_too_large) unread",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LakeConfig:

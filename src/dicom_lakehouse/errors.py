@@ -22,6 +22,7 @@ __all__ = [
     "StorageAuthError",
     "StorageError",
     "StorageNotFoundError",
+    "StorageTooLargeError",
     "TableError",
 ]
 
@@ -125,6 +126,13 @@ class StorageArchivedError(StorageError):
     """The file sits in the Archive tier and cannot be read (quarantine reason ``archived``)."""
 
     quarantine_reason = "archived"
+
+
+class StorageTooLargeError(StorageError):
+    """A path that reads whole files (``lake.access: hadoop``) will not read this one
+    (quarantine reason ``file_too_large``)."""
+
+    quarantine_reason = "file_too_large"
 
 
 class DeriveError(DicomLakehouseError):

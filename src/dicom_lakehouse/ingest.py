@@ -206,14 +206,21 @@ def run_ingest(
         folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
         scope += f" AND partition_folder IN ({folders})"
 
-    tasks = plan_listing(
-        open_backend(spec),
-        lake.workspace,
-        lake.service,
-        partitions=lake.partitions,
-        digits=lake.shard_digits,
-    )
-    say(f"listing {len(tasks)} shard task(s) of {lake.workspace}/{lake.service}")
+    hadoop_root = None
+    if lake.access == "hadoop":
+        from dicom_lakehouse.lake.hadoop import qualified_root
+
+        hadoop_root, tasks = qualified_root(spark, lake.root), []
+        say(f"listing {lake.workspace}/{lake.service} through Hadoop's filesystem")
+    else:
+        tasks = plan_listing(
+            open_backend(spec),
+            lake.workspace,
+            lake.service,
+            partitions=lake.partitions,
+            digits=lake.shard_digits,
+        )
+        say(f"listing {len(tasks)} shard task(s) of {lake.workspace}/{lake.service}")
     lease_name = f"ingest/{lake.workspace}/{lake.service}"
     ttl = timedelta(minutes=settings.ingest.lease_minutes)
     # A first run always lands files: its lease is taken while the lake is listed.
@@ -236,8 +243,14 @@ def run_ingest(
         prep.shutdown(wait=False)
         where = (lake.workspace, lake.service, lake.verify_name_prefix)
         with summary.phase("list"):
-            small = list_on_driver(spec, tasks, *where, limit=lake.driver_listing_limit)
-            if small is not None:
+            small = None
+            if hadoop_root is None:
+                small = list_on_driver(spec, tasks, *where, limit=lake.driver_listing_limit)
+            if hadoop_root is not None:
+                from dicom_lakehouse.lake.hadoop import hadoop_listing
+
+                listing = hadoop_listing(spark, lake, hadoop_root)
+            elif small is not None:
                 listing = listing_from_arrow(spark, small)
             else:
                 listing = listing_dataframe(spark, spec, tasks, *where)
@@ -559,7 +572,9 @@ def _ingest_candidates(
     from dicom_lakehouse.bronze import read_headers, split_results
 
     cfg = settings.ingest
-    n_batches = max(1, math.ceil(todo / cfg.batch_files))
+    hadoop = settings.lake.access == "hadoop"
+    # the Hadoop path reads in one pass: each batch would list the lake again
+    n_batches = 1 if hadoop else max(1, math.ceil(todo / cfg.batch_files))
     options = extract_options(settings)
     parallelism = spark.sparkContext.defaultParallelism
     for index in range(n_batches):
@@ -571,9 +586,14 @@ def _ingest_candidates(
         # read once: the job that counts the results also caches them, and both
         # tables are written from that cache
         with summary.phase("read"):
-            results = read_headers(batch, spec, options, tasks=n_tasks).persist(
-                StorageLevel.MEMORY_AND_DISK
-            )
+            if hadoop:
+                from dicom_lakehouse.lake.hadoop import hadoop_headers, qualified_root
+
+                root = qualified_root(spark, settings.lake.root)
+                found = hadoop_headers(spark, batch, settings.lake, root, options, tasks=n_tasks)
+            else:
+                found = read_headers(batch, spec, options, tasks=n_tasks)
+            results = found.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             with summary.phase("read"):
                 stats = (
