@@ -125,6 +125,19 @@ def test_a_wrong_lake_root_fails_with_a_fix(spark: Any, lake: Any) -> None:
 
 
 @pytest.mark.spark
+def test_hadoop_access_is_checked_through_hadoop(spark: Any, lake: Any) -> None:
+    sample, root = lake
+    good = run_checks(settings_for(sample.root, root / "t", lake={"access": "hadoop"}), spark)
+    found = _by_name(good)
+    assert found["storage.list"].ok and "through Hadoop" in found["storage.list"].detail
+    assert found["storage.read"].ok and "DICM" in found["storage.read"].detail
+    bad = _by_name(
+        run_checks(settings_for(root / "nowhere", root / "t", lake={"access": "hadoop"}), spark)
+    )
+    assert not bad["storage.list"].ok and "does not exist" in bad["storage.list"].detail
+
+
+@pytest.mark.spark
 def test_an_unwritable_tables_location_fails(spark: Any, lake: Any) -> None:
     sample, root = lake
     blocker = root / "a-file"

@@ -3,6 +3,11 @@ filesystem (here Hadoop's local filesystem, ``file:``), against the direct path.
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +17,10 @@ from dicom_lakehouse.extract import ExtractOptions
 from dicom_lakehouse.ingest import run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.lake.hadoop import extract_from_heads
+from dicom_lakehouse.spark import hadoop_azure_package
 from dicom_lakehouse.testing import build_sample_lake
-from tests.conftest import settings_for
+from tests.conftest import settings_for, write_config
+from tests.services.azurite import AzuriteServer, run_azurite
 
 pytestmark = pytest.mark.spark
 
@@ -113,3 +120,58 @@ def test_hadoop_access_names_a_missing_service_folder(spark, tmp_path: Path) -> 
     settings = settings_for(tmp_path / "empty", tmp_path / "t", lake={"access": "hadoop"})
     with pytest.raises(StorageError, match="service folder does not exist"):
         run_ingest(settings, spark)
+
+
+# WASB's emulator mode always talks to the development storage at 127.0.0.1:10000
+_WASB_PORT = 10000
+
+
+@pytest.fixture(scope="module")
+def azurite_wasb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """An Azurite of its own on port 10000, for Hadoop's WASB emulator mode."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", _WASB_PORT)) == 0:
+            pytest.fail(f"port {_WASB_PORT} is taken: WASB's emulator mode needs it for Azurite")
+    with run_azurite(tmp_path_factory.mktemp("azurite-wasb"), port=_WASB_PORT) as server:
+        yield server
+
+
+def test_the_cli_ingests_azurite_through_hadoop_wasb(
+    spark, tmp_path: Path, azurite_wasb: AzuriteServer
+) -> None:  # type: ignore[no-untyped-def]
+    """Hadoop's own Azure connector (hadoop-azure, WASB in emulator mode) against
+    Azurite, in a fresh JVM started by the CLI with the connector in
+    ``spark.extra_packages``, as a cluster with only cluster-level credentials would
+    read the lake. (ABFS needs the dfs endpoint, which Azurite does not have.)"""
+    lake = build_sample_lake(tmp_path / "lake")
+    container = azurite_wasb.service_client().create_container("lake")
+    for f in lake.files:
+        container.upload_blob(f.path, (lake.root / f.path).read_bytes())
+    config = write_config(
+        tmp_path / "wasb.yaml",
+        lake.root,
+        tmp_path / "t-wasb",
+        lake={"root": "wasb://lake@devstoreaccount1/", "access": "hadoop"},
+        spark={
+            "extra_packages": [hadoop_azure_package()],
+            "conf": {"spark.hadoop.fs.azure.storage.emulator.account.name": "devstoreaccount1"},
+        },
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dicom_lakehouse", "ingest", "--config", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = json.loads(done.stdout.strip().splitlines()[-1])
+    direct = settings_for(lake.root, tmp_path / "t-direct")
+    local = run_ingest(direct, spark)
+    for key in _COUNTS:
+        assert remote[key] == getattr(local, key), key
+    assert remote["files_listed"] == len(lake.files)
+    ta = DeltaTables(spark, direct.tables)
+    tb = DeltaTables(spark, settings_for(lake.root, tmp_path / "t-wasb").tables)
+    for name in ("bronze_instances", "bronze_quarantine"):
+        assert _rows(ta, name) == _rows(tb, name), name

@@ -322,8 +322,39 @@ def _find_instances(backend: LakeBackend, root: str) -> Iterator[str]:
                 yield info.path
 
 
-def _storage_checks(settings: Settings) -> list[Check]:
+def _hadoop_storage_checks(settings: Settings, spark: SparkSession | None) -> list[Check]:
+    """``lake.access: hadoop``: list and read one file through Spark's Hadoop filesystem."""
+    from dicom_lakehouse.lake.hadoop import hadoop_probe
+
     lake = settings.lake
+    where = f"{service_root(lake.workspace, lake.service)} under {mask_text(lake.root)}"
+    if spark is None:
+        fix = "run doctor where the job runs, with its Spark session"
+        return [Check("storage.list", False, "lake.access: hadoop needs a Spark session", fix)]
+    try:
+        files, dicom = hadoop_probe(spark, lake, limit=_MAX_ENTRIES)
+    except StorageError as exc:
+        fix = "give the cluster read access to the container (Spark's fs.azure.* settings)"
+        return [Check("storage.list", False, f"cannot list {where}: {exc}", fix)]
+    checks = [Check("storage.list", True, f"listed {where} through Hadoop: {files} files")]
+    if dicom:
+        checks.append(Check("storage.read", True, "read an instance file's DICM preamble"))
+    else:
+        checks.append(
+            Check(
+                "storage.read",
+                False,
+                "found no readable instance file with a DICM preamble",
+                "check lake.root, lake.workspace and lake.service",
+            )
+        )
+    return checks
+
+
+def _storage_checks(settings: Settings, spark: SparkSession | None = None) -> list[Check]:
+    lake = settings.lake
+    if lake.access == "hadoop":
+        return _hadoop_storage_checks(settings, spark)
     folder = service_root(lake.workspace, lake.service)
     where = f"{folder} under {mask_text(lake.root)}"
     try:
@@ -676,7 +707,7 @@ def run_checks(settings: Settings, spark: SparkSession | None = None) -> list[Ch
         return found
 
     checks += _guarded("spark", spark_part)
-    checks += _guarded("storage", lambda: _storage_checks(settings))
+    checks += _guarded("storage", lambda: _storage_checks(settings, session))
     checks += _guarded("tables", lambda: [_tables_check(settings, session)])
     if settings.dicomweb is not None:
         checks += _guarded("dicomweb", lambda: [_dicomweb_check(settings)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicom_lakehouse.config import SparkConfig
@@ -19,7 +20,7 @@ from dicom_lakehouse.errors import ConfigError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["LOCAL_DEFAULTS", "get_spark", "spark_versions"]
+__all__ = ["LOCAL_DEFAULTS", "get_spark", "hadoop_azure_package", "spark_versions"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +90,14 @@ def spark_versions(spark: SparkSession) -> dict[str, str]:
     except md.PackageNotFoundError:  # the platform ships Delta without the pip package
         versions["delta"] = "unknown"
     return versions
+
+
+def hadoop_azure_package() -> str:
+    """The Maven coordinate of ``hadoop-azure`` matching the local pyspark's Hadoop
+    (connectors must match it exactly), for ``spark.extra_packages``."""
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
+        return f"org.apache.hadoop:hadoop-azure:{jar.stem.removeprefix('hadoop-client-api-')}"
+    raise ConfigError("this pyspark bundles no Hadoop client: use the platform's connector")

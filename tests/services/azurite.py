@@ -169,8 +169,9 @@ def _wait_http(process: subprocess.Popen[bytes], url: str, what: str, log: Path)
 
 
 @contextlib.contextmanager
-def run_azurite(workdir: Path) -> Iterator[AzuriteServer]:
-    """Start Azurite's blob service in memory on a free port; stop it on exit."""
+def run_azurite(workdir: Path, port: int | None = None) -> Iterator[AzuriteServer]:
+    """Start Azurite's blob service in memory on ``port`` (a free one by default);
+    stop it on exit."""
     binary = _which(
         "AZURITE_BIN",
         [REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"],
@@ -182,7 +183,7 @@ def run_azurite(workdir: Path) -> Iterator[AzuriteServer]:
     with contextlib.suppress(OSError, ValueError, KeyError):
         version = str(json.loads(package.read_text())["version"])
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = workdir / "azurite.log"
     args = [
         binary,

@@ -50,7 +50,7 @@ def qualified_root(spark: SparkSession, root: str) -> str:
     trailing slash: the prefix of every path ``binaryFile`` reports."""
     from py4j.protocol import Py4JJavaError
 
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm: Any = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(root)
     try:
         fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
@@ -145,7 +145,7 @@ def _empty_files(
     # the index and the scan spell URIs differently (file:/// and file:/): compare
     # container-relative paths
     scanned = {_relative(row[0], prefix, service) for row in files.select("path").collect()}
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm: Any = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
     found = []
     for uri in (str(u) for u in indexed):
@@ -261,3 +261,23 @@ def hadoop_headers(
             yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
     return joined.repartition(max(1, tasks)).mapInArrow(read_batches, HEADER_RESULT)
+
+
+def hadoop_probe(spark: SparkSession, lake: LakeConfig, *, limit: int = 1000) -> tuple[int, bool]:
+    """For ``doctor``: (files found below the service folder, at most ``limit``;
+    whether the first instance file among them starts like DICOM)."""
+    from pyspark.sql import functions as F
+
+    root_uri = qualified_root(spark, lake.root)
+    service = service_root(lake.workspace, lake.service)
+    files = _files(spark, f"{root_uri}/{service}").where(F.col("length") > 132)
+    found = [row[0] for row in files.select("path").limit(limit).collect()]
+    instance = next((p for p in found if p.endswith(".dcm")), None)
+    if instance is None:
+        return len(found), False
+    head = (
+        files.where(F.col("path") == instance)
+        .select(F.substring("content", 129, 4).alias("magic"))
+        .first()
+    )
+    return len(found), head is not None and bytes(head["magic"]) == b"DICM"
