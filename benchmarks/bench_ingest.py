@@ -31,10 +31,10 @@ from dicom_lakehouse.testing import local_spark
 from dicom_lakehouse.testing.sample_lake import build_ct_lake, build_listing_lake, build_sample_lake
 
 
-def _settings(lake: Path, tables: Path, **ingest: Any):  # type: ignore[no-untyped-def]
+def _settings(lake: Path, tables: Path, access: str = "direct", **ingest: Any):  # type: ignore[no-untyped-def]
     return settings_from_mapping(
         {
-            "lake": {"root": str(lake), "workspace": "ws1", "service": "svc1"},
+            "lake": {"root": str(lake), "workspace": "ws1", "service": "svc1", "access": access},
             "tables": {"location": str(tables)},
             "spark": {"master": "local[2]"},
             "ingest": ingest,
@@ -102,6 +102,12 @@ def main() -> int:
     parser.add_argument("--listing", default="1000,10000,100000")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours (median kept)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument(
+        "--hadoop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time one run with lake.access: hadoop (binaryFile, whole files)",
+    )
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="dl-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -111,6 +117,8 @@ def main() -> int:
         build_sample_lake(work / "warm")
         for _ in range(2):  # a first run and a re-run
             run_ingest(_settings(work / "warm", work / "warm-tables"), spark)
+        if args.hadoop:
+            run_ingest(_settings(work / "warm", work / "warm-hadoop", "hadoop"), spark)
         baseline(spark, work / "warm", work / "warm-tables")
 
         t = time.perf_counter()
@@ -131,6 +139,9 @@ def main() -> int:
             os.sync()
         pairs.sort(key=lambda pair: pair[0].seconds)
         first, rerun = pairs[len(pairs) // 2]
+        hadoop = None
+        if args.hadoop:
+            hadoop = run_ingest(_settings(work / "ct", work / "tables-hadoop", "hadoop"), spark)
         growth = listing_growth([int(n) for n in args.listing.split(",") if n], work, spark)
     finally:
         spark.stop()
@@ -155,6 +166,15 @@ def main() -> int:
         "rerun_phase_seconds": rerun.phase_seconds,
         "listing": growth,
     }
+    if hadoop is not None:
+        hadoop_fps = hadoop.files_ingested / hadoop.seconds
+        figures |= {
+            "hadoop_files_per_s": round(hadoop_fps, 1),
+            "hadoop_seconds": hadoop.seconds,
+            "hadoop_ratio_to_baseline": round(hadoop_fps / base["files_per_s"], 2),
+            "hadoop_bytes_read_fraction": round(hadoop.bytes_read / hadoop.lake_bytes, 4),
+            "hadoop_phase_seconds": hadoop.phase_seconds,
+        }
     print(f"{'figure':28} value")
     for key in (
         "baseline_files_per_s",
@@ -164,8 +184,11 @@ def main() -> int:
         "ours_seconds",
         "rerun_seconds",
         "rerun_fraction",
+        "hadoop_files_per_s",
+        "hadoop_ratio_to_baseline",
     ):
-        print(f"{key:28} {figures[key]}")
+        if key in figures:
+            print(f"{key:28} {figures[key]}")
     for row in growth:
         print(f"{'listing ' + str(row['files']):28} {row['seconds']}s ({row['files_per_s']}/s)")
     print(json.dumps(figures))

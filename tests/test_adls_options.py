@@ -307,3 +307,18 @@ def test_bad_shard_is_refused() -> None:
         backend.list_tree("AHDS", "5", 2)
     with pytest.raises(ValueError, match="not a listing shard"):
         backend.list_tree("AHDS", "05", 2)
+
+
+def test_the_http_session_reads_the_environment_once_unless_proxies_are_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dicom_lakehouse.lake.adls import _session
+
+    for key in list(os.environ):
+        if "proxy" in key.lower() or key in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-bundle.pem")
+    once = _session()
+    assert once.trust_env is False and once.verify == "/etc/ssl/corp-bundle.pem"
+    monkeypatch.setenv("https_proxy", "http://proxy.corp:3128")
+    assert _session().trust_env is True  # requests keeps applying proxies and NO_PROXY

@@ -112,6 +112,7 @@ def test_a_head_shorter_than_the_header_is_quarantined_as_header_too_large() -> 
     whole, cut, gone = extract_from_heads(rows, ExtractOptions(), max_file_bytes=len(data))
     assert whole["status"] == "ingested" and whole["header_bytes_read"] == len(data)
     assert (cut["status"], cut["reason"]) == ("quarantined", "header_too_large")
+    assert "lake.hadoop_head_bytes" in cut["detail"]
     assert (gone["reason"], gone["header_bytes_read"]) == ("vanished", 0)
 
 

@@ -460,9 +460,24 @@ def _retry_policy(options: AdlsOptions) -> RetryPolicy:
     )
 
 
+def _session() -> requests.Session:
+    """A requests session that reads the environment once, not on every request.
+
+    A trusting session scans the environment twice per request (a fifth of the
+    client's CPU per ranged read). A CA bundle from the environment is copied to the
+    session; with proxy variables set the session keeps reading them itself."""
+    session = requests.Session()
+    if not any("proxy" in key.lower() for key in os.environ):
+        session.trust_env = False
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
+    return session
+
+
 def _transport(options: AdlsOptions) -> RequestsTransport:
     """One requests session whose pool holds ``max_connections`` connections per host."""
-    session = requests.Session()
+    session = _session()
     adapter = HTTPAdapter(
         pool_connections=4,
         pool_maxsize=options.max_connections,

@@ -202,6 +202,8 @@ def extract_from_heads(
         listed = {**row, "file_size": size if size is not None else row["file_size"]}
         (result,) = extract_rows(HeadBackend(head, too_large=too_large), [listed], opts)
         result["file_size"] = row["file_size"]
+        if result["reason"] == "header_too_large" and not whole:
+            result["detail"] = f"{result['detail']}; raise lake.hadoop_head_bytes"
         # binaryFile read the whole file: report those bytes, not the head's
         result["header_bytes_read"] = size if head is not None else 0
         yield result
