@@ -52,6 +52,8 @@ LAKE_FILES = "lake_files"
 INGEST_RUNS = "ingest_runs"
 _VERSION_KEY = ["file_path", "file_size", "last_modified", "etag"]
 _RETRYABLE = ("read_error",)
+# the Hadoop path broadcasts the listing of at most this many new files to its scan
+_BROADCAST_FILES = 500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,7 +592,9 @@ def _ingest_candidates(
                 from dicom_lakehouse.lake.hadoop import hadoop_headers, qualified_root
 
                 root = qualified_root(spark, settings.lake.root)
-                found = hadoop_headers(spark, batch, settings.lake, root, options, tasks=n_tasks)
+                found = hadoop_headers(
+                    spark, batch, settings.lake, root, options, broadcast=size <= _BROADCAST_FILES
+                )
             else:
                 found = read_headers(batch, spec, options, tasks=n_tasks)
             results = found.persist(StorageLevel.MEMORY_AND_DISK)

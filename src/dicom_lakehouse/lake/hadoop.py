@@ -120,8 +120,11 @@ def hadoop_listing(spark: SparkSession, lake: LakeConfig, root_uri: str) -> Data
             )
             yield pa.RecordBatch.from_pylist(rows(infos), schema=schema)
 
-    files = _files(spark, prefix + service).select(
-        "path", "length", F.col("modificationTime").alias("mtime")
+    # without content the scan's tasks only carry metadata: a few of them will do
+    files = (
+        _files(spark, prefix + service)
+        .select("path", "length", F.col("modificationTime").alias("mtime"))
+        .coalesce(max(1, spark.sparkContext.defaultParallelism))
     )
     listing = files.mapInArrow(classify_batches, LISTING)
     empty = rows(_empty_files(spark, files, prefix, service))
@@ -216,13 +219,14 @@ def hadoop_headers(
     root_uri: str,
     options: ExtractOptions,
     *,
-    tasks: int,
+    broadcast: bool = True,
 ) -> DataFrame:
     """Header results (HEADER_RESULT schema) for the instance files in ``listed``.
 
     One ``binaryFile`` pass over the service folder, with the size limit and the
     oldest candidate's modification time pushed down so older files are skipped
-    unread, joined to ``listed`` on the path."""
+    unread, joined to ``listed`` on the path (``broadcast``: ``listed`` is small
+    enough to send to every task)."""
     from pyspark.sql import functions as F
 
     from dicom_lakehouse.schemas import HEADER_RESULT
@@ -253,7 +257,17 @@ def hadoop_headers(
         "etag",
         "access_tier",
     ]
-    joined = listed.select(*wanted).join(heads, "file_path", "left")
+    rows = listed.select(*wanted)
+    # The heads stay where the scan read them: the (small) listing is broadcast to
+    # them, and the listed files the scan did not return (gone, too large, empty)
+    # are found by a content-free scan, so no head is ever shuffled.
+    found = heads.join(F.broadcast(rows) if broadcast else rows, "file_path")
+    missing = rows.join(heads.select("file_path"), "file_path", "left_anti").select(
+        *wanted,
+        F.lit(None).cast("binary").alias("head"),
+        F.lit(None).cast("long").alias("read_size"),
+    )
+    joined = found.select(*wanted, "head", "read_size").unionByName(missing)
     schema = arrow_schema(HEADER_RESULT_COLUMNS)
 
     def read_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -262,7 +276,7 @@ def hadoop_headers(
         for chunk in chunks(out, _OUT_ROWS):
             yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
-    return joined.repartition(max(1, tasks)).mapInArrow(read_batches, HEADER_RESULT)
+    return joined.mapInArrow(read_batches, HEADER_RESULT)
 
 
 def hadoop_probe(spark: SparkSession, lake: LakeConfig, *, limit: int = 1000) -> tuple[int, bool]:
