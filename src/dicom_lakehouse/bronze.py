@@ -11,9 +11,9 @@ bronze rows and quarantine rows.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -39,7 +39,7 @@ __all__ = ["list_on_driver", "listing_dataframe", "read_headers", "split_results
 _OUT_ROWS = 256
 
 
-def chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+def _chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
     """``rows`` in lists of at most ``size``."""
     while chunk := list(itertools.islice(rows, size)):
         yield chunk
@@ -127,12 +127,24 @@ def listing_dataframe(
                     )
                     if row is not None
                 )
-                for chunk in chunks(rows, 4096):
+                for chunk in _chunks(rows, 4096):
                     yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
     slices = max(1, min(len(task_list), spark.sparkContext.defaultParallelism))
     ids = spark.range(0, len(task_list), 1, slices)
     return ids.mapInArrow(list_batches, LISTING)
+
+
+def header_batches(
+    batches: Iterable[pa.RecordBatch],
+    extract: Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]],
+) -> Iterator[pa.RecordBatch]:
+    """The ``mapInArrow`` body of a header read: rows in, ``extract``, HEADER_RESULT
+    batches out."""
+    schema = arrow_schema(HEADER_RESULT_COLUMNS)
+    rows = (row for batch in batches for row in batch.to_pylist())
+    for chunk in _chunks(extract(rows), _OUT_ROWS):
+        yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
 
 def read_headers(
@@ -141,7 +153,6 @@ def read_headers(
     """Header results (HEADER_RESULT schema) for the instance files in ``listed``."""
     from dicom_lakehouse.schemas import HEADER_RESULT
 
-    schema = arrow_schema(HEADER_RESULT_COLUMNS)
     wanted = [
         "file_path",
         "partition_name",
@@ -155,9 +166,7 @@ def read_headers(
 
     def read_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         backend = open_backend(spec)
-        rows = (row for batch in batches for row in batch.to_pylist())
-        for chunk in chunks(extract_rows(backend, rows, options), _OUT_ROWS):
-            yield pa.RecordBatch.from_pylist(chunk, schema=schema)
+        return header_batches(batches, lambda rows: extract_rows(backend, rows, options))
 
     return listed.select(*wanted).repartition(max(1, tasks)).mapInArrow(read_batches, HEADER_RESULT)
 

@@ -208,11 +208,12 @@ def run_ingest(
         folders = ", ".join(_sql_str(p) for p in sorted(set(lake.partitions) | {""}))
         scope += f" AND partition_folder IN ({folders})"
 
-    hadoop_root = None
-    if lake.access == "hadoop":
+    hadoop = lake.access == "hadoop"
+    if hadoop:
         from dicom_lakehouse.lake.hadoop import qualified_root
 
-        hadoop_root, tasks = qualified_root(spark, lake.root), []
+        # the spec carries the root as Hadoop qualifies it; it is never opened
+        spec, tasks = BackendSpec(qualified_root(spark, lake.root)), []
         say(f"listing {lake.workspace}/{lake.service} through Hadoop's filesystem")
     else:
         tasks = plan_listing(
@@ -245,14 +246,13 @@ def run_ingest(
         prep.shutdown(wait=False)
         where = (lake.workspace, lake.service, lake.verify_name_prefix)
         with summary.phase("list"):
-            small = None
-            if hadoop_root is None:
-                small = list_on_driver(spec, tasks, *where, limit=lake.driver_listing_limit)
-            if hadoop_root is not None:
+            if hadoop:
                 from dicom_lakehouse.lake.hadoop import hadoop_listing
 
-                listing = hadoop_listing(spark, lake, hadoop_root)
-            elif small is not None:
+                listing = hadoop_listing(spark, lake, spec.root)
+            elif (
+                small := list_on_driver(spec, tasks, *where, limit=lake.driver_listing_limit)
+            ) is not None:
                 listing = listing_from_arrow(spark, small)
             else:
                 listing = listing_dataframe(spark, spec, tasks, *where)
@@ -589,11 +589,15 @@ def _ingest_candidates(
         # tables are written from that cache
         with summary.phase("read"):
             if hadoop:
-                from dicom_lakehouse.lake.hadoop import hadoop_headers, qualified_root
+                from dicom_lakehouse.lake.hadoop import hadoop_headers
 
-                root = qualified_root(spark, settings.lake.root)
                 found = hadoop_headers(
-                    spark, batch, settings.lake, root, options, broadcast=size <= _BROADCAST_FILES
+                    spark,
+                    batch,
+                    settings.lake,
+                    spec.root,
+                    options,
+                    broadcast=size <= _BROADCAST_FILES,
                 )
             else:
                 found = read_headers(batch, spec, options, tasks=n_tasks)

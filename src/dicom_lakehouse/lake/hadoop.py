@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from dicom_lakehouse.bronze import chunks
-from dicom_lakehouse.columns import HEADER_RESULT_COLUMNS, LISTING_COLUMNS, arrow_schema
+from dicom_lakehouse.bronze import header_batches
+from dicom_lakehouse.columns import LISTING_COLUMNS, arrow_schema
 from dicom_lakehouse.errors import StorageError, StorageNotFoundError, StorageTooLargeError
-from dicom_lakehouse.extract import ExtractOptions, extract_rows
+from dicom_lakehouse.extract import ExtractOptions, extract_row
 from dicom_lakehouse.lake.backend import FileInfo
 from dicom_lakehouse.lake.layout import DEFAULT_PARTITION, service_root
 from dicom_lakehouse.lake.walker import classify_entry
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from dicom_lakehouse.config import LakeConfig
 
 __all__ = ["HeadBackend", "hadoop_headers", "hadoop_listing", "qualified_root"]
-
-_OUT_ROWS = 256
 
 
 def qualified_root(spark: SparkSession, root: str) -> str:
@@ -152,7 +150,8 @@ def _empty_files(
     conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[attr-defined]
     found = []
     for uri in (str(u) for u in indexed):
-        if _relative(uri, prefix, service) in scanned:
+        rel = _relative(uri, prefix, service)
+        if rel in scanned:
             continue
         path = jvm.org.apache.hadoop.fs.Path(uri)
         try:
@@ -160,7 +159,7 @@ def _empty_files(
         except Py4JJavaError:  # gone since it was indexed: nothing to account for
             continue
         mtime = datetime.fromtimestamp(status.getModificationTime() / 1000, tz=UTC)
-        found.append(FileInfo(_relative(uri, prefix, service), int(status.getLen()), mtime))
+        found.append(FileInfo(rel, int(status.getLen()), mtime))
     return found
 
 
@@ -201,9 +200,9 @@ def extract_from_heads(
         whole = head is not None and size is not None and len(head) >= size
         # a head shorter than its file ends the header search where the head ends
         limit = options.max_header_bytes if whole or head is None else len(head)
-        opts = dataclasses.replace(options, max_header_bytes=limit, io_threads=1)
+        opts = dataclasses.replace(options, max_header_bytes=limit)
         listed = {**row, "file_size": size if size is not None else row["file_size"]}
-        (result,) = extract_rows(HeadBackend(head, too_large=too_large), [listed], opts)
+        result = extract_row(HeadBackend(head, too_large=too_large), listed, opts)
         result["file_size"] = row["file_size"]
         if result["reason"] == "header_too_large" and not whole:
             result["detail"] = f"{result['detail']}; raise lake.hadoop_head_bytes"
@@ -268,13 +267,9 @@ def hadoop_headers(
         F.lit(None).cast("long").alias("read_size"),
     )
     joined = found.select(*wanted, "head", "read_size").unionByName(missing)
-    schema = arrow_schema(HEADER_RESULT_COLUMNS)
 
     def read_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        rows = (row for batch in batches for row in batch.to_pylist())
-        out = extract_from_heads(rows, options, max_file)
-        for chunk in chunks(out, _OUT_ROWS):
-            yield pa.RecordBatch.from_pylist(chunk, schema=schema)
+        return header_batches(batches, lambda rows: extract_from_heads(rows, options, max_file))
 
     return joined.mapInArrow(read_batches, HEADER_RESULT)
 
