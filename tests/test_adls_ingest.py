@@ -152,7 +152,8 @@ def test_reads_failed_without_retries_are_quarantined_then_landed_by_the_next_ru
     spark, tmp_path: Path, azurite_container, azurite_proxy: ProxiedAzurite, proxied_lake
 ) -> None:  # type: ignore[no-untyped-def]
     """With retries off, an outage over the whole read phase gives read_error rows
-    (counted, not a crash); the next run re-reads exactly those files, once."""
+    (counted, not a crash); the next run (retries on) re-reads exactly those files,
+    once."""
     local, reference = proxied_lake
     toxics = []
 
@@ -170,7 +171,10 @@ def test_reads_failed_without_retries_are_quarantined_then_landed_by_the_next_ru
     assert failed > 0 and first.files_ingested + failed <= reference.files_ingested + sum(
         reference.quarantine_reasons.values()
     )
-    second = run_ingest(settings, spark)
+    # the next run has retries on, as a scheduled run would: a pooled connection the
+    # reset killed is then retried, not counted as a fresh failure
+    retrying = _remote(tmp_path, azurite_container.container_name, "t-remote", retry_total="3")
+    second = run_ingest(retrying, spark)
     assert second.files_ingested + first.files_ingested == reference.files_ingested
     remote = DeltaTables(spark, settings.tables)
     assert _rows(remote, "bronze_instances") == _rows(local, "bronze_instances")
