@@ -83,6 +83,51 @@ def test_series_and_study_counts_agree_with_instances(refined) -> None:  # type:
     assert summary.series == series.count() and summary.studies == studies.count()
 
 
+def test_patients_roll_up_every_study_once(refined) -> None:  # type: ignore[no-untyped-def]
+    tables = refined[3]
+    studies = tables.read("silver_studies")
+    patients = tables.read("silver_patients")
+    assert patients.groupBy().sum("study_count").first()[0] == studies.count()
+    assert patients.groupBy().sum("instance_count").first()[0] == (
+        tables.read("silver_instances").count()
+    )
+    keys = ["partition_name", "issuer_of_patient_id", "patient_id"]
+    assert patients.count() == studies.select(*keys).distinct().count() > 1
+
+
+def test_patient_attributes_come_from_the_study_written_last(spark) -> None:  # type: ignore[no-untyped-def]
+    from datetime import date, datetime
+
+    from dicom_lakehouse import silver
+
+    columns = (
+        "partition_name string, issuer_of_patient_id string, patient_id string,"
+        " study_instance_uid string, patient_name string, patient_family_name string,"
+        " patient_given_name string, patient_sex string, patient_birth_date date,"
+        " study_date date, instance_count long, last_modified timestamp"
+    )
+    old, new = datetime(2024, 1, 1), datetime(2025, 6, 1)
+    rows = [
+        ("p", None, "A", "1.1", "Old^Name", "Old", "Name", "F", date(1960, 1, 2),
+         date(2020, 1, 1), 3, old),
+        ("p", None, "A", "1.2", "New^Name", "New", "Name", None, None,
+         date(2019, 5, 5), 4, new),
+        ("p", "ISS", "A", "1.3", "Other^One", "Other", "One", "M", None,
+         date(2021, 1, 1), 1, old),
+    ]  # fmt: skip
+    out = silver.patients_from_studies(spark.createDataFrame(rows, columns)).collect()
+    by_issuer = {r["issuer_of_patient_id"]: r for r in out}
+    assert len(out) == 2  # a NULL issuer is one patient, apart from issuer ISS
+    patient = by_issuer[None]
+    assert patient["patient_name"] == "New^Name"  # the study written last
+    assert patient["patient_sex"] == "F"  # its NULL does not erase an older value
+    assert patient["patient_birth_date"] == date(1960, 1, 2)
+    assert (patient["study_count"], patient["instance_count"]) == (2, 7)
+    assert patient["first_study_date"] == date(2019, 5, 5)
+    assert patient["last_study_date"] == date(2020, 1, 1)
+    assert by_issuer["ISS"]["study_count"] == 1
+
+
 def test_typed_columns_match_the_headers(refined) -> None:  # type: ignore[no-untyped-def]
     lake, _, _, tables = refined[:4]
     by_sop = {r["sop_instance_uid"]: r for r in tables.read("silver_instances").collect()}

@@ -3,7 +3,9 @@
 Incremental by default: only the studies touched by ingest runs that were not
 refined yet (new file versions, or files gone from the lake) are recomputed,
 and merged into silver in one commit per table (deleted instances leave
-silver). ``full=True`` rebuilds every silver table from bronze.
+silver). ``full=True`` rebuilds every silver table from bronze. Series and
+studies roll up instances; patients roll up studies, so a patient's rollup
+reads their studies, not every instance they have.
 
 Layout: silver tables are partitioned by ``partition_name`` (few values; every
 cohort query of a multi-tenant lake filters on it) and, on a rebuild,
@@ -18,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -92,13 +94,13 @@ class RefineSummary:
         return asdict(self)
 
 
-def _silver_frames(instances: DataFrame) -> dict[str, DataFrame]:
+def _rollups(instances: DataFrame) -> dict[str, DataFrame]:
+    """The series and studies rolled up from ``instances`` (patients roll up studies)."""
     from dicom_lakehouse import silver
 
     return {
         SILVER_SERIES: silver.series_from_instances(instances),
         SILVER_STUDIES: silver.studies_from_instances(instances),
-        SILVER_PATIENTS: silver.patients_from_instances(instances),
     }
 
 
@@ -109,9 +111,9 @@ def silver_schemas(spark: SparkSession) -> dict[str, Any]:
     empty = spark.createDataFrame([], schemas.BRONZE_INSTANCES)
     files = spark.createDataFrame([], schemas.LAKE_FILES)
     typed = silver.drop_raw(silver.typed_instances(silver.current_instances(empty, files)))
-    out = {SILVER_INSTANCES: typed.schema}
-    out.update({name: df.schema for name, df in _silver_frames(typed).items()})
-    return out
+    frames = _rollups(typed)
+    frames[SILVER_PATIENTS] = silver.patients_from_studies(frames[SILVER_STUDIES])
+    return {SILVER_INSTANCES: typed.schema, **{name: df.schema for name, df in frames.items()}}
 
 
 def _ensure(spark: SparkSession, tables: DeltaTables) -> set[str]:
@@ -184,9 +186,12 @@ def _refine_locked(
     from dicom_lakehouse import silver
 
     with summary.phase("runs"):
-        # two narrow scans of small tables, compared here (no shuffle)
-        done = {r["run_id"] for r in tables.read(REFINED_RUNS).select("run_id").collect()}
-        runs = {r["run_id"] for r in tables.read(INGEST_RUNS).select("run_id").collect()}
+        # two narrow scans of small tables, side by side, compared here (no shuffle)
+        with ThreadPoolExecutor(2, thread_name_prefix="dl-runs") as pool:
+            done, runs = pool.map(
+                lambda name: {r["run_id"] for r in tables.read(name).select("run_id").collect()},
+                (REFINED_RUNS, INGEST_RUNS),
+            )
         new_runs = sorted(runs - done)
     summary.ingest_runs_refined = len(new_runs)
     bronze = tables.read(BRONZE_INSTANCES)
@@ -205,8 +210,10 @@ def _refine_locked(
         summary.instances_changed = instances.count()
         current = tables.read(SILVER_INSTANCES)
         with summary.phase("rollups"):
-            for name, df in _silver_frames(current).items():
+            for name, df in _rollups(current).items():
                 tables.overwrite(df, name)
+            patients = silver.patients_from_studies(tables.read(SILVER_STUDIES))
+            tables.overwrite(patients, SILVER_PATIENTS)
         if settings.silver.zorder:
             with summary.phase("zorder"):
                 _zorder(spark, tables)
@@ -330,47 +337,59 @@ def _refine_incrementally(
             .join(affected, _STUDY, "left_semi")
             .localCheckpoint(eager=True)
         )
-        patient_keys = (
-            in_studies.select(*patient)
-            .unionByName(patients_before)
-            .distinct()
-            .localCheckpoint(eager=True)
-        )
-        scopes = {
-            SILVER_SERIES: (in_studies, affected, _STUDY),
-            SILVER_STUDIES: (in_studies, affected, _STUDY),
-            SILVER_PATIENTS: (
-                _match(after, F.broadcast(patient_keys), patient, "left_semi"),
-                patient_keys,
-                patient,
-            ),
-        }
+        # studies silver had no instance of have no series or study rows either
+        new_studies = prior.isEmpty()
+    rollups = _rollups(in_studies)
 
-    def merge(name: str) -> None:
-        rows, scope, scope_keys = scopes[name]
+    def merge(name: str, rows: DataFrame, scope: DataFrame, scope_keys: list[str]) -> None:
         key = _KEYS[name]
-        fresh_rows = _silver_frames(rows)[name].localCheckpoint(eager=True)
         target = tables.read(name)
+        if new_studies and name != SILVER_PATIENTS:
+            tables.append(rows.select(*target.columns), name)
+            return
         existing = (
             _match(target, F.broadcast(scope), scope_keys, "left_semi")
             .select(*key)
             .localCheckpoint(eager=True)
         )
         if existing.isEmpty():  # the scope is new to the table: an append, no MERGE
-            tables.append(fresh_rows.select(*target.columns), name)
+            tables.append(rows.select(*target.columns), name)
             return
-        stale = _tombstones(_match(existing, fresh_rows, key, "left_anti"), fresh_rows.schema, key)
-        merged = fresh_rows.withColumn("_delete", F.lit(False)).unionByName(
+        stale = _tombstones(_match(existing, rows, key, "left_anti"), rows.schema, key)
+        merged = rows.withColumn("_delete", F.lit(False)).unionByName(
             stale.withColumn("_delete", F.lit(True))
         )
         tables.merge_with_deletes(merged, name, key)
 
-    # three tables, each recomputed and merged in its own commit: side by side
+    def series() -> None:
+        merge(SILVER_SERIES, rollups[SILVER_SERIES].localCheckpoint(eager=True), affected, _STUDY)
+
+    def studies(fresh: Future[DataFrame]) -> None:
+        merge(SILVER_STUDIES, fresh.result(), affected, _STUDY)
+
+    def patients(fresh: Future[DataFrame]) -> None:
+        keys = (
+            in_studies.select(*patient)
+            .unionByName(patients_before)
+            .distinct()
+            .localCheckpoint(eager=True)
+        )
+        # those patients' other studies as silver has them, and the touched ones fresh
+        # (a fresh study's patient is one of its instances', so in keys)
+        untouched = tables.read(SILVER_STUDIES).join(affected, _STUDY, "left_anti")
+        theirs = _match(untouched, F.broadcast(keys), patient, "left_semi")
+        rows = silver.patients_from_studies(theirs.unionByName(fresh.result()))
+        merge(SILVER_PATIENTS, rows.localCheckpoint(eager=True), keys, patient)
+
+    # each table recomputed and written in its own commit, side by side; the
+    # patients roll up the fresh studies (silver's untouched rows read apart)
     with (
         summary.phase("merge_rollups"),
-        ThreadPoolExecutor(3, thread_name_prefix="dl-merge") as pool,
+        ThreadPoolExecutor(4, thread_name_prefix="dl-merge") as pool,
     ):
-        for done in [pool.submit(merge, name) for name in scopes]:
+        fresh = pool.submit(lambda: rollups[SILVER_STUDIES].localCheckpoint(eager=True))
+        writes = [pool.submit(series), pool.submit(studies, fresh), pool.submit(patients, fresh)]
+        for done in writes:
             done.result()
 
 

@@ -32,7 +32,7 @@ __all__ = [
     "current_instances",
     "parse_da",
     "parse_tm",
-    "patients_from_instances",
+    "patients_from_studies",
     "pn_component",
     "series_from_instances",
     "studies_from_instances",
@@ -75,6 +75,13 @@ STUDY_ATTRIBUTES = (
     "patient_id",
     "issuer_of_patient_id",
     "patient_name",
+    "patient_sex",
+    "patient_birth_date",
+)
+PATIENT_ATTRIBUTES = (
+    "patient_name",
+    "patient_family_name",
+    "patient_given_name",
     "patient_sex",
     "patient_birth_date",
 )
@@ -411,16 +418,21 @@ def studies_from_instances(instances: DataFrame) -> DataFrame:
     )
 
 
-def patients_from_instances(instances: DataFrame) -> DataFrame:
-    """One row per (partition, issuer, patient id)."""
-    return instances.groupBy("partition_name", "issuer_of_patient_id", "patient_id").agg(
-        _latest("patient_name").alias("patient_name"),
-        _latest("patient_family_name").alias("patient_family_name"),
-        _latest("patient_given_name").alias("patient_given_name"),
-        _latest("patient_sex").alias("patient_sex"),
-        _latest("patient_birth_date").alias("patient_birth_date"),
-        F.countDistinct("study_instance_uid").alias("study_count"),
-        F.count(F.lit(1)).alias("instance_count"),
+def patients_from_studies(studies: DataFrame) -> DataFrame:
+    """One row per (partition, issuer, patient id), rolled up from silver studies.
+
+    A study counts under its own (latest-wins) patient id; the patient's name, sex
+    and birth date come from the study written last (highest ``last_modified``,
+    then study UID), so a rollup reads the small studies table, never instances."""
+    order = F.struct(F.col("last_modified"), F.col("study_instance_uid"))
+
+    def latest(col: str) -> Column:
+        return F.max_by(F.col(col), F.when(F.col(col).isNotNull(), order)).alias(col)
+
+    return studies.groupBy("partition_name", "issuer_of_patient_id", "patient_id").agg(
+        *[latest(c) for c in PATIENT_ATTRIBUTES],
+        F.count(F.lit(1)).alias("study_count"),
+        F.sum("instance_count").alias("instance_count"),
         F.min("study_date").alias("first_study_date"),
         F.max("study_date").alias("last_study_date"),
     )
