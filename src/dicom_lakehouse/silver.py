@@ -351,9 +351,11 @@ def drop_raw(typed: DataFrame) -> DataFrame:
     return typed.drop(*[c for c in typed.columns if c.startswith("_raw_")])
 
 
-def _latest(col: str) -> Column:
-    """The value of ``col`` on the row with the highest watermark (nulls skipped)."""
-    return F.max_by(F.col(col), F.when(F.col(col).isNotNull(), F.col("watermark")))
+def _latest(col: str, order: Column | None = None) -> Column:
+    """The value of ``col`` on the row with the highest ``order`` (by default the
+    watermark), nulls skipped."""
+    by = F.col("watermark") if order is None else order
+    return F.max_by(F.col(col), F.when(F.col(col).isNotNull(), by))
 
 
 def _joined_set(col: str) -> Column:
@@ -425,12 +427,8 @@ def patients_from_studies(studies: DataFrame) -> DataFrame:
     and birth date come from the study written last (highest ``last_modified``,
     then study UID), so a rollup reads the small studies table, never instances."""
     order = F.struct(F.col("last_modified"), F.col("study_instance_uid"))
-
-    def latest(col: str) -> Column:
-        return F.max_by(F.col(col), F.when(F.col(col).isNotNull(), order)).alias(col)
-
     return studies.groupBy("partition_name", "issuer_of_patient_id", "patient_id").agg(
-        *[latest(c) for c in PATIENT_ATTRIBUTES],
+        *[_latest(c, order).alias(c) for c in PATIENT_ATTRIBUTES],
         F.count(F.lit(1)).alias("study_count"),
         F.sum("instance_count").alias("instance_count"),
         F.min("study_date").alias("first_study_date"),
