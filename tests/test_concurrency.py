@@ -14,6 +14,7 @@ import pytest
 from dicom_lakehouse.ingest import run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.io.lease import LEASES, LeaseHeldError, job_lease
+from dicom_lakehouse.refine import run_refine
 from dicom_lakehouse.testing import build_sample_lake
 from tests.conftest import settings_for, write_config
 
@@ -145,8 +146,33 @@ def test_a_recorded_ingest_hands_its_lease_to_the_next_run(spark, tmp_path: Path
 
     with (
         pytest.raises(RuntimeError, match="boom"),
-        job_lease(tables, "other", "z", release_on_success=False) as held,
+        job_lease(tables, "other", "z") as held,
     ):
         held.wait()
+        held.recorded()
         raise RuntimeError("boom")
     assert tables.read(LEASES).where("name = 'other'").count() == 0
+
+
+def test_a_recorded_refine_hands_its_lease_to_the_next_refine(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A refine that records refined runs skips its release commit; the next refine
+    takes the lease over at once (not after the TTL), and a refine that had
+    nothing to record releases it."""
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=1, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+
+    def holders() -> list[str]:
+        return [r["holder"] for r in tables.read(LEASES).where("name = 'refine'").collect()]
+
+    run_ingest(settings, spark)
+    first = run_refine(settings, spark)
+    assert holders() == [first.run_id]  # kept, well within its TTL
+    (lake.root / lake.instances[0].path).unlink()
+    run_ingest(settings, spark)
+    second = run_refine(settings, spark)
+    assert second.skipped_reason is None and second.ingest_runs_refined == 1
+    assert holders() == [second.run_id]
+    idle = run_refine(settings, spark)
+    assert idle.skipped_reason is None and idle.ingest_runs_refined == 0
+    assert holders() == []

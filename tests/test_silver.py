@@ -469,3 +469,38 @@ def test_cohort_is_logged_to_mlflow_without_the_predicate(refined, tmp_path: Pat
     assert run.data.metrics["instances"] == summary.instances
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.name == "tracked@v1"
+
+
+def test_rows_landed_by_an_ingest_killed_before_its_record_reach_silver(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """An ingest dies after its bronze commit and before its ``ingest_runs`` record
+    (simulated by a failing record step; test_ingest kills a real process). The
+    re-run finds nothing new to land, yet the next refine brings the dead run's
+    rows into silver."""
+    from dicom_lakehouse import ingest
+
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    run_ingest(settings, spark)
+    first = run_refine(settings, spark)
+    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    new_sop = pydicom.uid.generate_uid(entropy_srcs=["killed-before-record"])
+    _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
+
+    def killed(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("killed before the record")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ingest, "_record_run", killed)
+        with pytest.raises(RuntimeError):
+            run_ingest(settings, spark)
+    assert tables.read("bronze_instances").where(f"sop_instance_uid = '{new_sop}'").count() == 1
+    rerun = run_ingest(settings, spark)
+    assert rerun.files_ingested == 0
+    second = run_refine(settings, spark)
+    assert not second.full
+    assert tables.read("silver_instances").where(f"sop_instance_uid = '{new_sop}'").count() == 1
+    assert second.instances == first.instances + 1
+    shutil.rmtree(tmp_path / "tables", ignore_errors=True)

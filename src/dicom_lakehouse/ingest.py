@@ -237,9 +237,7 @@ def run_ingest(
     with contextlib.ExitStack() as stack:
         held: LeaseHandle | None = None
         if first_run:
-            held = stack.enter_context(
-                job_lease(tables, lease_name, run.run_id, ttl=ttl, release_on_success=False)
-            )
+            held = stack.enter_context(job_lease(tables, lease_name, run.run_id, ttl=ttl))
         # the lake is listed while the tables are made and the last run's state is read
         prep = ThreadPoolExecutor(1, thread_name_prefix="dl-prep")
         ready = prep.submit(_prepare, summary, tables, lake, scope)
@@ -270,7 +268,7 @@ def run_ingest(
                 say(f"listed {summary.files_listed} files: unchanged since the last run")
             else:
                 # The run's record in ingest_runs is its release: the next run takes
-                # the lease of a recorded run at once, so a successful run skips the
+                # the lease of a recorded run at once, so a recorded run skips the
                 # release commit (a failed one releases; a killed one expires).
                 if held is None:
                     held = stack.enter_context(
@@ -280,7 +278,6 @@ def run_ingest(
                             run.run_id,
                             ttl=ttl,
                             finished=[previous.last_run_id] if previous.last_run_id else [],
-                            release_on_success=False,
                         )
                     )
                 _land(
@@ -299,6 +296,7 @@ def run_ingest(
                 )
                 with summary.phase("record"):
                     _record_run(spark, tables, lake, scope, run, listed, summary)
+                held.recorded()
         except LeaseHeldError as exc:
             # an overlapping scheduled run is still landing files: leave it to it
             summary.skipped_reason = "lease_held"
@@ -442,6 +440,24 @@ def _prepare(
 
 
 _RUN_MARK = "dicom_lakehouse.ingest_run/1"
+_BATCH_MARK = "dicom_lakehouse.ingest_batch/1"
+
+
+def batch_metadata(run_id: str) -> str:
+    """A bronze batch commit's metadata: the run that landed it, so refine finds the
+    rows of a run that died before its ``ingest_runs`` record (table history only)."""
+    return json.dumps({"kind": _BATCH_MARK, "run_id": run_id})
+
+
+def batch_run_id(user_metadata: str | None) -> str | None:
+    """The run id in a bronze commit's metadata (None for other commits)."""
+    try:
+        meta = json.loads(user_metadata or "{}")
+    except ValueError:
+        return None
+    return (
+        str(meta["run_id"]) if isinstance(meta, dict) and meta.get("kind") == _BATCH_MARK else None
+    )
 
 
 def _run_metadata(lake: LakeConfig, scope: str, run_id: str, listed: _Listing, pending: int) -> str:
@@ -627,7 +643,13 @@ def _ingest_candidates(
                 ready.result()
             with summary.phase("write"), ThreadPoolExecutor(2) as pool:
                 writes = [
-                    pool.submit(tables.append, frame, name, txn=(f"{app}-{suffix}", index))
+                    pool.submit(
+                        tables.append,
+                        frame,
+                        name,
+                        txn=(f"{app}-{suffix}", index),
+                        user_metadata=batch_metadata(run.run_id),
+                    )
                     for frame, name, suffix in outputs
                 ]
                 for write in writes:

@@ -17,6 +17,7 @@ Neither needs a table feature beyond reader 1 / writer 2.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -26,7 +27,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.config import Settings
-from dicom_lakehouse.ingest import BRONZE_INSTANCES, INGEST_RUNS, LAKE_FILES, ensure_bronze_tables
+from dicom_lakehouse.ingest import (
+    BRONZE_INSTANCES,
+    INGEST_RUNS,
+    LAKE_FILES,
+    batch_run_id,
+    ensure_bronze_tables,
+)
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.phases import timed
@@ -54,6 +61,7 @@ SILVER_STUDIES = "silver_studies"
 SILVER_PATIENTS = "silver_patients"
 REFINED_RUNS = "refined_ingest_runs"
 
+_REFINE_MARK = "dicom_lakehouse.refine_run/1"
 _STUDY = ["partition_name", "study_instance_uid"]
 # New bronze rows up to this many find their listing rows through a broadcast join.
 _BROADCAST_ROWS = 200_000
@@ -155,13 +163,15 @@ def run_refine(
     with summary.phase("tables"):
         ensure_bronze_tables(tables)
         created = _ensure(spark, tables)
+        last = _last_refine(tables)
     full = full or SILVER_INSTANCES in created
     summary.full = full
 
     try:
         ttl = timedelta(minutes=settings.ingest.lease_minutes)
-        with job_lease(tables, "refine", summary.run_id, ttl=ttl) as held:
-            _refine_locked(spark, settings, tables, full, summary, held)
+        finished = [last.refine_run_id] if last.refine_run_id else []
+        with job_lease(tables, "refine", summary.run_id, ttl=ttl, finished=finished) as held:
+            _refine_locked(spark, settings, tables, full, summary, held, last.bronze_version)
     except LeaseHeldError as exc:
         summary.skipped_reason = "lease_held"
         logger.info("refine skipped: %s", exc)
@@ -173,6 +183,41 @@ def run_refine(
     return summary
 
 
+@dataclass(frozen=True, slots=True)
+class _LastRefine:
+    """What the latest recorded refine left in its commit's metadata."""
+
+    refine_run_id: str | None = None
+    bronze_version: int | None = None
+
+
+def _last_refine(tables: DeltaTables) -> _LastRefine:
+    """The latest ``refined_ingest_runs`` commit's refine (its history, no data read)."""
+    try:
+        meta = json.loads(tables.last_commit(REFINED_RUNS).get("userMetadata") or "{}")
+    except ValueError:
+        return _LastRefine()
+    if not isinstance(meta, dict) or meta.get("kind") != _REFINE_MARK:
+        return _LastRefine()
+    return _LastRefine(str(meta["refine_run_id"]), int(meta["bronze_version"]))
+
+
+def _bronze_runs_since(tables: DeltaTables, version: int | None) -> tuple[int, set[str]]:
+    """Bronze's latest version, and the runs that committed rows after ``version``
+    (from the commits' metadata), recorded or not: a run that died before its
+    ``ingest_runs`` record still left committed rows. None: only the version."""
+    latest = int(tables.last_commit(BRONZE_INSTANCES)["version"])
+    if version is None or latest <= version:
+        return latest, set()
+    history = tables.delta_table(BRONZE_INSTANCES).history(latest - version)
+    runs = {
+        batch_run_id(row["userMetadata"])
+        for row in history.select("version", "userMetadata").collect()
+        if row["version"] > version
+    }
+    return latest, {run for run in runs if run is not None}
+
+
 def _refine_locked(
     spark: SparkSession,
     settings: Settings,
@@ -180,19 +225,25 @@ def _refine_locked(
     full: bool,
     summary: RefineSummary,
     held: LeaseHandle,
+    refined_version: int | None,
 ) -> None:
     """Refine under the lease: bronze is read while it is acquired; silver is read
-    and written only once it is held."""
+    and written only once it is held. ``refined_version``: the bronze version the
+    last recorded refine had read (None when unknown)."""
     from dicom_lakehouse import silver
 
     with summary.phase("runs"):
-        # two narrow scans of small tables, side by side, compared here (no shuffle)
-        with ThreadPoolExecutor(2, thread_name_prefix="dl-runs") as pool:
+        # New runs: ingest runs not refined yet, and runs that committed bronze rows
+        # since the last refine (also one killed before its record). Narrow scans of
+        # small tables and bronze's recent history, side by side (no shuffle).
+        with ThreadPoolExecutor(3, thread_name_prefix="dl-runs") as pool:
+            landed = pool.submit(_bronze_runs_since, tables, refined_version)
             done, runs = pool.map(
                 lambda name: {r["run_id"] for r in tables.read(name).select("run_id").collect()},
                 (REFINED_RUNS, INGEST_RUNS),
             )
-        new_runs = sorted(runs - done)
+            bronze_version, since = landed.result()
+        new_runs = sorted((runs | since) - done)
     summary.ingest_runs_refined = len(new_runs)
     bronze = tables.read(BRONZE_INSTANCES)
     lake_files = tables.read(LAKE_FILES)
@@ -224,13 +275,21 @@ def _refine_locked(
     if new_runs:
         stamp = datetime.now(UTC)
         rows = [(r, summary.run_id, stamp) for r in new_runs]
+        mark = {
+            "kind": _REFINE_MARK,
+            "refine_run_id": summary.run_id,
+            "bronze_version": bronze_version,
+        }
         with summary.phase("record"):
             tables.append(
                 spark.createDataFrame(
                     rows, "run_id string, refine_run_id string, refined_at timestamp"
                 ),
                 REFINED_RUNS,
+                user_metadata=json.dumps(mark),
             )
+        # this record releases the lease: the next refine takes it over at once
+        held.recorded()
     with summary.phase("count"):
         _count(tables, summary)
     if settings.silver.compat_tables:

@@ -8,8 +8,9 @@ creates the table already holding its row (one commit; a racing creation loses
 version 0 and falls back to the MERGE). A heartbeat thread
 extends the lease while the job runs; a killed job's lease expires after
 ``ttl``. A job that durably records its own completion elsewhere (ingest's
-``ingest_runs``) can skip the release commit: the next run passes the finished
-holder in ``finished`` and takes the lease over at once. Works wherever Delta
+``ingest_runs``, refine's ``refined_ingest_runs``) says so with
+``handle.recorded()`` and skips the release commit: the next run passes the
+finished holder in ``finished`` and takes the lease over at once. Works wherever Delta
 does (local, ADLS, Volumes, OneLake).
 """
 
@@ -186,10 +187,17 @@ class LeaseHandle:
 
     def __init__(self, future: Future[_Lease]) -> None:
         self._future = future
+        self._recorded = False
 
     def wait(self) -> None:
         """Block until the lease is ours; raise :class:`LeaseHeldError` if it is not."""
         self._future.result()
+
+    def recorded(self) -> None:
+        """The caller's completion record has committed: a block that then ends
+        without an error skips the release commit (the next run passes this
+        holder in ``finished``)."""
+        self._recorded = True
 
     @property
     def acquired(self) -> bool:
@@ -204,17 +212,16 @@ def job_lease(
     *,
     ttl: timedelta = timedelta(minutes=10),
     finished: Collection[str] = (),
-    release_on_success: bool = True,
 ) -> Iterator[LeaseHandle]:
     """Hold the lease ``name`` for the duration of the block (heartbeat every ttl/3).
 
     Acquisition runs in the background so read-only work can start at once; the
     block must call ``handle.wait()`` before it writes (it raises
     :class:`LeaseHeldError` when another run holds the lease). ``finished``:
-    holders known to have completed, whose lease is taken over at once. With
-    ``release_on_success=False`` the release commit is skipped when the block
-    succeeds (the caller's own record of completion releases it, see above); a
-    failing block always releases.
+    holders known to have completed, whose lease is taken over at once. The
+    release commit is skipped when the block succeeds after
+    ``handle.recorded()`` (the caller's own record of completion releases it,
+    see above); a failing block always releases.
     """
 
     def acquire() -> _Lease:
@@ -254,7 +261,7 @@ def job_lease(
         stop.set()
         pool.shutdown(wait=True)
         beat.join(timeout=30)
-        if handle.acquired and (release_on_success or not succeeded):
+        if handle.acquired and not (succeeded and handle._recorded):
             _release(tables, name, holder)
 
 
