@@ -471,6 +471,18 @@ def test_cohort_is_logged_to_mlflow_without_the_predicate(refined, tmp_path: Pat
     assert inputs and inputs[0].dataset.name == "tracked@v1"
 
 
+def _stopped_at(monkeypatch: pytest.MonkeyPatch, module: object, step: str, job) -> None:  # type: ignore[no-untyped-def]
+    """Run ``job`` with ``module.step`` raising: a run stopped at that step."""
+
+    def stop(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"stopped at {step}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, step, stop)
+        with pytest.raises(RuntimeError, match="stopped at"):
+            job()
+
+
 def test_rows_landed_by_an_ingest_killed_before_its_record_reach_silver(
     spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -488,14 +500,7 @@ def test_rows_landed_by_an_ingest_killed_before_its_record_reach_silver(
     target = next(f for f in lake.current_instances if f.partition_name == "research")
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["killed-before-record"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
-
-    def killed(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        raise RuntimeError("killed before the record")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ingest, "_record_run", killed)
-        with pytest.raises(RuntimeError):
-            run_ingest(settings, spark)
+    _stopped_at(monkeypatch, ingest, "_record_run", lambda: run_ingest(settings, spark))
     assert tables.read("bronze_instances").where(f"sop_instance_uid = '{new_sop}'").count() == 1
     rerun = run_ingest(settings, spark)
     assert rerun.files_ingested == 0
@@ -503,4 +508,37 @@ def test_rows_landed_by_an_ingest_killed_before_its_record_reach_silver(
     assert not second.full
     assert tables.read("silver_instances").where(f"sop_instance_uid = '{new_sop}'").count() == 1
     assert second.instances == first.instances + 1
+    shutil.rmtree(tmp_path / "tables", ignore_errors=True)
+
+
+def test_a_refine_that_stopped_after_writing_instances_is_repaired_by_the_next(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A refine fails after its instances commit, before the rollups (simulated by a
+    failing rollup step). The next refine finds nothing gone any more, yet its
+    series, studies and patients end equal to a full rebuild's."""
+    from dicom_lakehouse import refine
+
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    run_ingest(settings, spark)
+    run_refine(settings, spark)
+    studies = sorted({f.study_instance_uid for f in lake.current_instances})
+    partly, wholly = studies[0], studies[1]
+    (lake.root / next(f for f in lake.instances if f.study_instance_uid == partly).path).unlink()
+    for f in lake.instances:
+        if f.study_instance_uid == wholly:
+            (lake.root / f.path).unlink()
+    run_ingest(settings, spark)
+    _stopped_at(monkeypatch, refine, "_rollups", lambda: run_refine(settings, spark))
+    assert tables.read("silver_instances").where(f"study_instance_uid = '{wholly}'").count() == 0
+    assert tables.read("silver_studies").where(f"study_instance_uid = '{wholly}'").count() == 1
+    again = run_refine(settings, spark)
+    assert not again.full and again.instances_deleted == 0
+    names = ["silver_instances", "silver_series", "silver_studies", "silver_patients"]
+    incremental = {name: _rows(tables, name) for name in names}
+    run_refine(settings, spark, full=True)
+    for name in names:
+        assert incremental[name] == _rows(tables, name), name
     shutil.rmtree(tmp_path / "tables", ignore_errors=True)

@@ -7,6 +7,13 @@ silver). ``full=True`` rebuilds every silver table from bronze. Series and
 studies roll up instances; patients roll up studies, so a patient's rollup
 reads their studies, not every instance they have.
 
+New runs are the ingest runs not yet in ``refined_ingest_runs`` plus the runs
+named in the metadata of bronze commits since the last recorded refine (an
+ingest killed before its record still committed rows). Each record's commit
+metadata keeps the bronze and silver versions that refine saw; a silver version
+that moved since means a refine stopped half-way, and the next one repairs the
+rollups that lag behind the instances.
+
 Layout: silver tables are partitioned by ``partition_name`` (few values; every
 cohort query of a multi-tenant lake filters on it) and, on a rebuild,
 Z-ordered by ``study_date`` and ``modality``, the columns cohort filters use
@@ -40,7 +47,7 @@ from dicom_lakehouse.phases import timed
 from dicom_lakehouse.spark import get_spark
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
     from pyspark.sql.types import StructType
 
 __all__ = [
@@ -171,7 +178,7 @@ def run_refine(
         ttl = timedelta(minutes=settings.ingest.lease_minutes)
         finished = [last.refine_run_id] if last.refine_run_id else []
         with job_lease(tables, "refine", summary.run_id, ttl=ttl, finished=finished) as held:
-            _refine_locked(spark, settings, tables, full, summary, held, last.bronze_version)
+            _refine_locked(spark, settings, tables, full, summary, held, last)
     except LeaseHeldError as exc:
         summary.skipped_reason = "lease_held"
         logger.info("refine skipped: %s", exc)
@@ -189,6 +196,7 @@ class _LastRefine:
 
     refine_run_id: str | None = None
     bronze_version: int | None = None
+    silver_version: int | None = None  # silver_instances once that refine wrote it
 
 
 def _last_refine(tables: DeltaTables) -> _LastRefine:
@@ -199,14 +207,19 @@ def _last_refine(tables: DeltaTables) -> _LastRefine:
         return _LastRefine()
     if not isinstance(meta, dict) or meta.get("kind") != _REFINE_MARK:
         return _LastRefine()
-    return _LastRefine(str(meta["refine_run_id"]), int(meta["bronze_version"]))
+    silver = meta.get("silver_version")
+    return _LastRefine(
+        str(meta["refine_run_id"]),
+        int(meta["bronze_version"]),
+        int(silver) if silver is not None else None,
+    )
 
 
 def _bronze_runs_since(tables: DeltaTables, version: int | None) -> tuple[int, set[str]]:
     """Bronze's latest version, and the runs that committed rows after ``version``
     (from the commits' metadata), recorded or not: a run that died before its
     ``ingest_runs`` record still left committed rows. None: only the version."""
-    latest = int(tables.last_commit(BRONZE_INSTANCES)["version"])
+    latest = _version(tables, BRONZE_INSTANCES)
     if version is None or latest <= version:
         return latest, set()
     history = tables.delta_table(BRONZE_INSTANCES).history(latest - version)
@@ -218,6 +231,11 @@ def _bronze_runs_since(tables: DeltaTables, version: int | None) -> tuple[int, s
     return latest, {run for run in runs if run is not None}
 
 
+def _version(tables: DeltaTables, name: str) -> int:
+    """The table's latest version (its history, no data read)."""
+    return int(tables.last_commit(name)["version"])
+
+
 def _refine_locked(
     spark: SparkSession,
     settings: Settings,
@@ -225,25 +243,29 @@ def _refine_locked(
     full: bool,
     summary: RefineSummary,
     held: LeaseHandle,
-    refined_version: int | None,
+    last: _LastRefine,
 ) -> None:
     """Refine under the lease: bronze is read while it is acquired; silver is read
-    and written only once it is held. ``refined_version``: the bronze version the
-    last recorded refine had read (None when unknown)."""
+    and written only once it is held. ``last``: what the last recorded refine
+    read and wrote."""
     from dicom_lakehouse import silver
 
     with summary.phase("runs"):
         # New runs: ingest runs not refined yet, and runs that committed bronze rows
         # since the last refine (also one killed before its record). Narrow scans of
         # small tables and bronze's recent history, side by side (no shuffle).
-        with ThreadPoolExecutor(3, thread_name_prefix="dl-runs") as pool:
-            landed = pool.submit(_bronze_runs_since, tables, refined_version)
+        with ThreadPoolExecutor(4, thread_name_prefix="dl-runs") as pool:
+            landed = pool.submit(_bronze_runs_since, tables, last.bronze_version)
+            silver_now = pool.submit(_version, tables, SILVER_INSTANCES)
             done, runs = pool.map(
                 lambda name: {r["run_id"] for r in tables.read(name).select("run_id").collect()},
                 (REFINED_RUNS, INGEST_RUNS),
             )
             bronze_version, since = landed.result()
         new_runs = sorted((runs | since) - done)
+        # silver_instances written after the last recorded refine: one that died or
+        # failed after writing instances, so rollups may lag behind them
+        repair = last.silver_version is not None and silver_now.result() != last.silver_version
     summary.ingest_runs_refined = len(new_runs)
     bronze = tables.read(BRONZE_INSTANCES)
     lake_files = tables.read(LAKE_FILES)
@@ -269,7 +291,7 @@ def _refine_locked(
             with summary.phase("zorder"):
                 _zorder(spark, tables)
     elif new_runs:
-        _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary, held)
+        _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary, held, repair)
     with summary.phase("lease"):
         held.wait()  # also when nothing changed: a run under another's lease reports it
     if new_runs:
@@ -279,6 +301,7 @@ def _refine_locked(
             "kind": _REFINE_MARK,
             "refine_run_id": summary.run_id,
             "bronze_version": bronze_version,
+            "silver_version": _version(tables, SILVER_INSTANCES),
         }
         with summary.phase("record"):
             tables.append(
@@ -307,11 +330,15 @@ def _refine_incrementally(
     new_runs: list[str],
     summary: RefineSummary,
     held: LeaseHandle,
+    repair: bool = False,
 ) -> None:
     """Recompute the studies touched by ``new_runs`` or by files gone from the lake.
 
     Silver is read through narrow projections (keys, versions, watermarks) except
-    for the touched studies' rows, so the cost follows the change, not the table."""
+    for the touched studies' rows, so the cost follows the change, not the table.
+    ``repair``: a refine stopped after writing instances, so the studies whose
+    instance count disagrees with ``silver_studies`` are recomputed too (one
+    narrow aggregate of the instances' study keys)."""
     from pyspark.sql import functions as F
 
     from dicom_lakehouse import silver
@@ -346,9 +373,10 @@ def _refine_incrementally(
             .select(*keys, "study_instance_uid", *patient[1:])
             .localCheckpoint(eager=True)
         )
-        affected_rows = (
-            new_rows.select(*_STUDY).unionByName(gone.select(*_STUDY)).distinct().collect()
-        )
+        touched = new_rows.select(*_STUDY).unionByName(gone.select(*_STUDY))
+        lagging = _lagging_studies(current_silver, tables.read(SILVER_STUDIES)) if repair else []
+        affected_rows = touched.distinct().collect()
+        affected_rows = list(set(affected_rows) | set(lagging))
     summary.studies_recomputed = len(affected_rows)
     if not affected_rows:
         return
@@ -380,8 +408,14 @@ def _refine_incrementally(
     source = winners.withColumn("_delete", F.lit(False)).unionByName(
         tombstones.withColumn("_delete", F.lit(True))
     )
-    # patients of the affected studies, before and after, are recomputed too
+    # patients of the affected studies, before and after, are recomputed too (a
+    # lagging study may have no instance left: its patient is in silver_studies)
     patients_before = prior.select(*patient).distinct()
+    if lagging:
+        lagging_df = F.broadcast(spark.createDataFrame(lagging, new_rows.select(*_STUDY).schema))
+        patients_before = patients_before.unionByName(
+            tables.read(SILVER_STUDIES).join(lagging_df, _STUDY, "left_semi").select(*patient)
+        ).distinct()
     with summary.phase("merge_instances"):
         replaced = _match(winners.select(*keys), prior.select(*keys), keys, "left_semi")
         if summary.instances_deleted or not replaced.isEmpty():
@@ -397,7 +431,7 @@ def _refine_incrementally(
             .localCheckpoint(eager=True)
         )
         # studies silver had no instance of have no series or study rows either
-        new_studies = prior.isEmpty()
+        new_studies = not lagging and prior.isEmpty()
     rollups = _rollups(in_studies)
 
     def merge(name: str, rows: DataFrame, scope: DataFrame, scope_keys: list[str]) -> None:
@@ -450,6 +484,17 @@ def _refine_incrementally(
         writes = [pool.submit(series), pool.submit(studies, fresh), pool.submit(patients, fresh)]
         for done in writes:
             done.result()
+
+
+def _lagging_studies(instances: DataFrame, studies: DataFrame) -> list[Row]:
+    """Studies whose ``silver_studies`` instance count disagrees with the instances
+    (a study without instances left included)."""
+    from pyspark.sql import functions as F
+
+    counted = instances.groupBy(*_STUDY).agg(F.count(F.lit(1)).alias("n"))
+    stated = studies.select(*_STUDY, F.col("instance_count").alias("n"))
+    differ = counted.exceptAll(stated).unionByName(stated.exceptAll(counted))
+    return differ.select(*_STUDY).distinct().collect()
 
 
 def _tombstones(keys: DataFrame, schema: StructType, key: list[str]) -> DataFrame:
