@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_lakehouse.config import LakeConfig, Settings
 from dicom_lakehouse.extract import ExtractOptions
-from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.io.delta import DeltaTables, commit_mark
 from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.lake.backend import BackendSpec, open_backend
 from dicom_lakehouse.lake.walker import plan_listing
@@ -451,13 +451,8 @@ def batch_metadata(run_id: str) -> str:
 
 def batch_run_id(user_metadata: str | None) -> str | None:
     """The run id in a bronze commit's metadata (None for other commits)."""
-    try:
-        meta = json.loads(user_metadata or "{}")
-    except ValueError:
-        return None
-    return (
-        str(meta["run_id"]) if isinstance(meta, dict) and meta.get("kind") == _BATCH_MARK else None
-    )
+    meta = commit_mark(user_metadata, _BATCH_MARK)
+    return str(meta["run_id"]) if meta is not None else None
 
 
 def _run_metadata(lake: LakeConfig, scope: str, run_id: str, listed: _Listing, pending: int) -> str:
@@ -485,11 +480,8 @@ def _previous_run(tables: DeltaTables, lake: LakeConfig, scope: str) -> _State:
 
     if not tables.exists(INGEST_RUNS):
         return _State()
-    try:
-        meta = json.loads(tables.last_commit(INGEST_RUNS).get("userMetadata") or "{}")
-    except ValueError:
-        meta = {}
-    if meta.get("kind") == _RUN_MARK and (
+    meta = commit_mark(tables.last_commit(INGEST_RUNS).get("userMetadata"), _RUN_MARK)
+    if meta is not None and (
         (meta.get("workspace"), meta.get("service"), meta.get("scope"))
         == (lake.workspace, lake.service, scope)
     ):

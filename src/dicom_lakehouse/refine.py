@@ -41,7 +41,7 @@ from dicom_lakehouse.ingest import (
     batch_run_id,
     ensure_bronze_tables,
 )
-from dicom_lakehouse.io.delta import DeltaTables
+from dicom_lakehouse.io.delta import DeltaTables, commit_mark
 from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.phases import timed
 from dicom_lakehouse.spark import get_spark
@@ -201,11 +201,8 @@ class _LastRefine:
 
 def _last_refine(tables: DeltaTables) -> _LastRefine:
     """The latest ``refined_ingest_runs`` commit's refine (its history, no data read)."""
-    try:
-        meta = json.loads(tables.last_commit(REFINED_RUNS).get("userMetadata") or "{}")
-    except ValueError:
-        return _LastRefine()
-    if not isinstance(meta, dict) or meta.get("kind") != _REFINE_MARK:
+    meta = commit_mark(tables.last_commit(REFINED_RUNS).get("userMetadata"), _REFINE_MARK)
+    if meta is None:
         return _LastRefine()
     silver = meta.get("silver_version")
     return _LastRefine(
@@ -375,8 +372,7 @@ def _refine_incrementally(
         )
         touched = new_rows.select(*_STUDY).unionByName(gone.select(*_STUDY))
         lagging = _lagging_studies(current_silver, tables.read(SILVER_STUDIES)) if repair else []
-        affected_rows = touched.distinct().collect()
-        affected_rows = list(set(affected_rows) | set(lagging))
+        affected_rows = list(set(touched.distinct().collect()) | set(lagging))
     summary.studies_recomputed = len(affected_rows)
     if not affected_rows:
         return
@@ -412,9 +408,8 @@ def _refine_incrementally(
     # lagging study may have no instance left: its patient is in silver_studies)
     patients_before = prior.select(*patient).distinct()
     if lagging:
-        lagging_df = F.broadcast(spark.createDataFrame(lagging, new_rows.select(*_STUDY).schema))
         patients_before = patients_before.unionByName(
-            tables.read(SILVER_STUDIES).join(lagging_df, _STUDY, "left_semi").select(*patient)
+            tables.read(SILVER_STUDIES).join(affected, _STUDY, "left_semi").select(*patient)
         ).distinct()
     with summary.phase("merge_instances"):
         replaced = _match(winners.select(*keys), prior.select(*keys), keys, "left_semi")

@@ -9,6 +9,7 @@ column mapping).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
-__all__ = ["TABLE_PROPERTIES", "DeltaTables"]
+__all__ = ["TABLE_PROPERTIES", "DeltaTables", "commit_mark"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,16 @@ _LOCKS_LOCK = threading.Lock()
 def _create_lock(ref: str) -> threading.RLock:
     with _LOCKS_LOCK:
         return _CREATE_LOCKS.setdefault(ref, threading.RLock())
+
+
+def commit_mark(user_metadata: str | None, kind: str) -> dict[str, Any] | None:
+    """A commit's user metadata written by this package as a JSON object marked
+    ``kind`` (None for any other commit: another writer's, or none)."""
+    try:
+        meta = json.loads(user_metadata or "{}")
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("kind") == kind else None
 
 
 class DeltaTables:
