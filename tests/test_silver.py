@@ -542,3 +542,39 @@ def test_a_refine_that_stopped_after_writing_instances_is_repaired_by_the_next(
     for name in names:
         assert incremental[name] == _rows(tables, name), name
     shutil.rmtree(tmp_path / "tables", ignore_errors=True)
+
+
+def test_batches_an_ingest_commits_after_a_refine_reach_silver(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A long ingest commits its first batch, a refine runs, then the ingest commits
+    its second batch and its record. The refine in between took the run from bronze's
+    history; the next refine still brings the second batch into silver."""
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables", ingest={"batch_files": 3})
+    tables = DeltaTables(spark, settings.tables)
+    run_ingest(settings, spark)
+    first = run_refine(settings, spark)
+    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    sops = [pydicom.uid.generate_uid(entropy_srcs=["long-ingest", str(i)]) for i in range(6)]
+    for i, sop in enumerate(sops):
+        _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000 + i, sop)
+    in_silver = f"sop_instance_uid IN ({', '.join(repr(s) for s in sops)})"
+    append, seen = DeltaTables.append, []
+
+    def refine_before_the_second_batch(self, df, name, **kw):  # type: ignore[no-untyped-def]
+        if name == "bronze_instances" and kw.get("txn", ("", 0))[1] == 1 and not seen:
+            seen.append(run_refine(settings, spark))
+        return append(self, df, name, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DeltaTables, "append", refine_before_the_second_batch)
+        landed = run_ingest(settings, spark)
+    assert landed.batches == 2 and landed.files_ingested == len(sops)
+    # the refine in between saw the first batch only
+    assert 0 < seen[0].instances - first.instances < len(sops)
+    last = run_refine(settings, spark)
+    assert not last.full and last.ingest_runs_refined == 1
+    assert tables.read("silver_instances").where(in_silver).count() == len(sops)
+    assert last.instances == first.instances + len(sops)
+    shutil.rmtree(tmp_path / "tables", ignore_errors=True)

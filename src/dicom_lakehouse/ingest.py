@@ -451,7 +451,16 @@ def batch_metadata(run_id: str) -> str:
 
 def batch_run_id(user_metadata: str | None) -> str | None:
     """The run id in a bronze commit's metadata (None for other commits)."""
-    meta = commit_mark(user_metadata, _BATCH_MARK)
+    return _marked_run_id(user_metadata, _BATCH_MARK)
+
+
+def recorded_run_id(user_metadata: str | None) -> str | None:
+    """The run id in an ``ingest_runs`` record commit's metadata (None for others)."""
+    return _marked_run_id(user_metadata, _RUN_MARK)
+
+
+def _marked_run_id(user_metadata: str | None, kind: str) -> str | None:
+    meta = commit_mark(user_metadata, kind)
     return str(meta["run_id"]) if meta is not None else None
 
 

@@ -7,12 +7,17 @@ silver). ``full=True`` rebuilds every silver table from bronze. Series and
 studies roll up instances; patients roll up studies, so a patient's rollup
 reads their studies, not every instance they have.
 
-New runs are the ingest runs not yet in ``refined_ingest_runs`` plus the runs
-named in the metadata of bronze commits since the last recorded refine (an
-ingest killed before its record still committed rows). Each record's commit
-metadata keeps the bronze and silver versions that refine saw; a silver version
-that moved since means a refine stopped half-way, and the next one repairs the
-rollups that lag behind the instances.
+New runs are found in table history, with no table scan: the runs recorded in
+``ingest_runs`` commits since the last recorded refine, plus the runs named in
+the metadata of bronze commits since then (an ingest killed before its record
+still committed rows; a long ingest commits batches before and after a
+refine). Each record's commit metadata keeps the ``ingest_runs``, bronze and
+silver versions that refine saw, and the runs it took from bronze before their
+record (so their record does not count as new). Without those versions (a
+record from an older release, or history cleaned up since) the whole
+``ingest_runs`` and ``refined_ingest_runs`` tables are compared instead. A silver
+version that moved since the last record means a refine stopped half-way, and
+the next one repairs the rollups that lag behind the instances.
 
 Layout: silver tables are partitioned by ``partition_name`` (few values; every
 cohort query of a multi-tenant lake filters on it) and, on a rebuild,
@@ -28,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +46,7 @@ from dicom_lakehouse.ingest import (
     LAKE_FILES,
     batch_run_id,
     ensure_bronze_tables,
+    recorded_run_id,
 )
 from dicom_lakehouse.io.delta import DeltaTables, commit_mark
 from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
@@ -197,6 +204,8 @@ class _LastRefine:
     refine_run_id: str | None = None
     bronze_version: int | None = None
     silver_version: int | None = None  # silver_instances once that refine wrote it
+    ingest_runs_version: int | None = None  # None: a record from an older release
+    unrecorded: frozenset[str] = frozenset()  # runs taken from bronze before their record
 
 
 def _last_refine(tables: DeltaTables) -> _LastRefine:
@@ -205,27 +214,42 @@ def _last_refine(tables: DeltaTables) -> _LastRefine:
     if meta is None:
         return _LastRefine()
     silver = meta.get("silver_version")
+    recorded = meta.get("ingest_runs_version")
     return _LastRefine(
         str(meta["refine_run_id"]),
         int(meta["bronze_version"]),
         int(silver) if silver is not None else None,
+        int(recorded) if recorded is not None else None,
+        frozenset(str(run) for run in meta.get("unrecorded", [])),
     )
 
 
-def _bronze_runs_since(tables: DeltaTables, version: int | None) -> tuple[int, set[str]]:
-    """Bronze's latest version, and the runs that committed rows after ``version``
-    (from the commits' metadata), recorded or not: a run that died before its
-    ``ingest_runs`` record still left committed rows. None: only the version."""
-    latest = _version(tables, BRONZE_INSTANCES)
-    if version is None or latest <= version:
+def _runs_since(
+    tables: DeltaTables, name: str, version: int | None, run_of: Callable[[str | None], str | None]
+) -> tuple[int, set[str] | None]:
+    """The table's latest version, and the runs that ``run_of`` names in the metadata
+    of its commits after ``version`` (its history, no data read). None for the runs
+    when ``version`` is None or when history no longer holds every such commit."""
+    latest = _version(tables, name)
+    if version is None:
+        return latest, None
+    if latest <= version:
         return latest, set()
-    history = tables.delta_table(BRONZE_INSTANCES).history(latest - version)
-    runs = {
-        batch_run_id(row["userMetadata"])
-        for row in history.select("version", "userMetadata").collect()
-        if row["version"] > version
-    }
+    rows = tables.delta_table(name).history(latest - version).select("version", "userMetadata")
+    commits = {row["version"]: row["userMetadata"] for row in rows.collect()}
+    if any(v not in commits for v in range(version + 1, latest + 1)):
+        logger.warning("history of %s since version %d is incomplete", name, version)
+        return latest, None
+    runs = {run_of(commits[v]) for v in range(version + 1, latest + 1)}
     return latest, {run for run in runs if run is not None}
+
+
+_RUN_TABLES = (REFINED_RUNS, INGEST_RUNS)
+
+
+def _run_ids(tables: DeltaTables, name: str) -> set[str]:
+    """Every run id in ``name`` (a narrow scan of a small table)."""
+    return {row["run_id"] for row in tables.read(name).select("run_id").collect()}
 
 
 def _version(tables: DeltaTables, name: str) -> int:
@@ -248,18 +272,27 @@ def _refine_locked(
     from dicom_lakehouse import silver
 
     with summary.phase("runs"):
-        # New runs: ingest runs not refined yet, and runs that committed bronze rows
-        # since the last refine (also one killed before its record). Narrow scans of
-        # small tables and bronze's recent history, side by side (no shuffle).
+        # New runs: runs recorded in ingest_runs since the last refine, and runs that
+        # committed bronze rows since then (also one killed before its record, or
+        # still landing batches), from the tables' history. ingest_runs is read
+        # first: a run recorded by then has committed all its bronze rows by then.
+        ingest_version, recorded = _runs_since(
+            tables, INGEST_RUNS, last.ingest_runs_version, recorded_run_id
+        )
         with ThreadPoolExecutor(4, thread_name_prefix="dl-runs") as pool:
-            landed = pool.submit(_bronze_runs_since, tables, last.bronze_version)
-            silver_now = pool.submit(_version, tables, SILVER_INSTANCES)
-            done, runs = pool.map(
-                lambda name: {r["run_id"] for r in tables.read(name).select("run_id").collect()},
-                (REFINED_RUNS, INGEST_RUNS),
+            landed = pool.submit(
+                _runs_since, tables, BRONZE_INSTANCES, last.bronze_version, batch_run_id
             )
-            bronze_version, since = landed.result()
-        new_runs = sorted((runs | since) - done)
+            silver_now = pool.submit(_version, tables, SILVER_INSTANCES)
+            done: set[str] | frozenset[str] = last.unrecorded
+            if recorded is None:  # no usable history: every run against every refined one
+                done, recorded = pool.map(lambda name: _run_ids(tables, name), _RUN_TABLES)
+            bronze_version, landed_runs = landed.result()
+        since = landed_runs or set()
+        # a run refined before (or taken from bronze before its record) counts again
+        # only for bronze rows it committed since
+        new_runs = sorted((recorded - done) | since)
+        unrecorded = since - recorded
         # silver_instances written after the last recorded refine: one that died or
         # failed after writing instances, so rollups may lag behind them
         repair = last.silver_version is not None and silver_now.result() != last.silver_version
@@ -299,6 +332,8 @@ def _refine_locked(
             "refine_run_id": summary.run_id,
             "bronze_version": bronze_version,
             "silver_version": _version(tables, SILVER_INSTANCES),
+            "ingest_runs_version": ingest_version,
+            "unrecorded": sorted(unrecorded),
         }
         with summary.phase("record"):
             tables.append(
