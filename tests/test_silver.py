@@ -214,9 +214,12 @@ def _add_instance(
     watermark: int,
     sop: str,
     study: str | None = None,
+    **attributes: str,
 ) -> Path:
     ds = pydicom.dcmread(template)
     ds.SOPInstanceUID = sop
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
     if study is not None:  # a new study (and series) of the same patient
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[study, "series"])
@@ -295,10 +298,28 @@ def _rows(tables: DeltaTables, name: str) -> list[tuple]:  # type: ignore[type-a
     return sorted(tuple(row) for row in df.select(*sorted(df.columns)).collect())
 
 
+def _refine_counted(settings, spark, tables: DeltaTables):  # type: ignore[no-untyped-def]
+    """An incremental refine whose summary counts (derived from its own commits where
+    it can) equal the tables' counted rows."""
+    summary = run_refine(settings, spark)
+    assert not summary.full
+    counted = {
+        "instances": tables.read("silver_instances").count(),
+        "series": tables.read("silver_series").count(),
+        "studies": tables.read("silver_studies").count(),
+        "patients": tables.read("silver_patients").count(),
+        "study_conflicts": tables.read("silver_studies").where("attribute_conflicts > 0").count(),
+    }
+    assert {key: getattr(summary, key) for key in counted} == counted
+    return summary
+
+
 def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A new study, new instances, a new version of an existing one and a deleted
-    study, each refined incrementally (appends where silver never had the rows,
-    MERGEs otherwise): every silver table then equals a full rebuild's."""
+    """A new study, new instances, a new version of an existing one, a conflicting
+    study attribute and a deleted study, each refined incrementally (appends where
+    silver never had the rows, MERGEs otherwise): every silver table then equals a
+    full rebuild's, and each summary's counts equal the tables' (also after another
+    writer's commit)."""
     lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
     settings = settings_for(tmp_path / "lake", tmp_path / "tables")
     tables = DeltaTables(spark, settings.tables)
@@ -312,17 +333,31 @@ def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) 
             tmp_path / "lake", lake.root / target.path, "research", 9000 + n, sop, new_study
         )
     run_ingest(settings, spark)
-    assert run_refine(settings, spark).studies_recomputed == 1
+    assert _refine_counted(settings, spark, tables).studies_recomputed == 1
     study_rows = tables.read("silver_studies").where(f"study_instance_uid = '{new_study}'")
     assert [r["instance_count"] for r in study_rows.collect()] == [2]
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full"])
-    _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9100, new_sop)
+    studies = tables.read("silver_studies")
+    conflicts = studies.where("attribute_conflicts > 0").count()
+    in_target = f"study_instance_uid = '{target.study_instance_uid}'"
+    target_conflicted = studies.where(in_target).first()["attribute_conflicts"] > 0
+    # a study description that disagrees with the rest of its study
+    _add_instance(
+        tmp_path / "lake",
+        lake.root / target.path,
+        "research",
+        9100,
+        new_sop,
+        StudyDescription="disagrees",
+    )
     # a newer version of an instance that is already in silver
     _add_instance(
         tmp_path / "lake", lake.root / target.path, "research", 9101, target.sop_instance_uid
     )
     run_ingest(settings, spark)
-    assert run_refine(settings, spark).instances_changed == 2
+    changed = _refine_counted(settings, spark, tables)
+    assert changed.instances_changed == 2
+    assert changed.study_conflicts == conflicts + (0 if target_conflicted else 1)
     victim = next(
         f for f in lake.current_instances if f.study_instance_uid != target.study_instance_uid
     )
@@ -330,7 +365,9 @@ def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) 
         if f.study_instance_uid == victim.study_instance_uid:
             (lake.root / f.path).unlink()
     run_ingest(settings, spark)
-    assert run_refine(settings, spark).instances_deleted > 0
+    # another writer's commit: that table is counted, not derived
+    tables.delta_table("silver_series").optimize().executeCompaction()
+    assert _refine_counted(settings, spark, tables).instances_deleted > 0
     names = ["silver_instances", "silver_series", "silver_studies", "silver_patients"]
     incremental = {name: _rows(tables, name) for name in names}
     run_refine(settings, spark, full=True)

@@ -206,6 +206,8 @@ class _LastRefine:
     silver_version: int | None = None  # silver_instances once that refine wrote it
     ingest_runs_version: int | None = None  # None: a record from an older release
     unrecorded: frozenset[str] = frozenset()  # runs taken from bronze before their record
+    counts: dict[str, int] = field(default_factory=dict)  # summary field -> count
+    versions: dict[str, int] = field(default_factory=dict)  # silver table -> version
 
 
 def _last_refine(tables: DeltaTables) -> _LastRefine:
@@ -221,6 +223,8 @@ def _last_refine(tables: DeltaTables) -> _LastRefine:
         int(silver) if silver is not None else None,
         int(recorded) if recorded is not None else None,
         frozenset(str(run) for run in meta.get("unrecorded", [])),
+        {str(k): int(v) for k, v in meta.get("counts", {}).items()},
+        {str(k): int(v) for k, v in meta.get("versions", {}).items()},
     )
 
 
@@ -320,10 +324,15 @@ def _refine_locked(
         if settings.silver.zorder:
             with summary.phase("zorder"):
                 _zorder(spark, tables)
-    elif new_runs:
-        _refine_incrementally(spark, tables, bronze, lake_files, new_runs, summary, held, repair)
+    writes = _Writes()
+    if not full and new_runs:
+        _refine_incrementally(
+            spark, tables, bronze, lake_files, new_runs, summary, held, writes, repair
+        )
     with summary.phase("lease"):
         held.wait()  # also when nothing changed: a run under another's lease reports it
+    with summary.phase("count"):
+        versions = _count(tables, summary, None if full else last, writes)
     if new_runs:
         stamp = datetime.now(UTC)
         rows = [(r, summary.run_id, stamp) for r in new_runs]
@@ -331,9 +340,11 @@ def _refine_locked(
             "kind": _REFINE_MARK,
             "refine_run_id": summary.run_id,
             "bronze_version": bronze_version,
-            "silver_version": _version(tables, SILVER_INSTANCES),
+            "silver_version": versions[SILVER_INSTANCES],
             "ingest_runs_version": ingest_version,
             "unrecorded": sorted(unrecorded),
+            "counts": {key: getattr(summary, key) for key in (*_COUNTED, "study_conflicts")},
+            "versions": versions,
         }
         with summary.phase("record"):
             tables.append(
@@ -345,8 +356,6 @@ def _refine_locked(
             )
         # this record releases the lease: the next refine takes it over at once
         held.recorded()
-    with summary.phase("count"):
-        _count(tables, summary)
     if settings.silver.compat_tables:
         from dicom_lakehouse.compat import write_compat_tables
 
@@ -362,9 +371,11 @@ def _refine_incrementally(
     new_runs: list[str],
     summary: RefineSummary,
     held: LeaseHandle,
+    writes: _Writes,
     repair: bool = False,
 ) -> None:
-    """Recompute the studies touched by ``new_runs`` or by files gone from the lake.
+    """Recompute the studies touched by ``new_runs`` or by files gone from the lake,
+    noting in ``writes`` what was committed.
 
     Silver is read through narrow projections (keys, versions, watermarks) except
     for the touched studies' rows, so the cost follows the change, not the table.
@@ -452,6 +463,7 @@ def _refine_incrementally(
             tables.merge_with_deletes(source, SILVER_INSTANCES, keys)
         else:  # only instances silver has never had: an append, no MERGE
             tables.append(winners.select(*current_silver.columns), SILVER_INSTANCES)
+        writes.tables.add(SILVER_INSTANCES)
     after = tables.read(SILVER_INSTANCES)
     with summary.phase("rollups"):
         # the touched studies' rows, without the one wide column no rollup reads
@@ -465,30 +477,23 @@ def _refine_incrementally(
     rollups = _rollups(in_studies)
 
     def merge(name: str, rows: DataFrame, scope: DataFrame, scope_keys: list[str]) -> None:
-        key = _KEYS[name]
-        target = tables.read(name)
-        if new_studies and name != SILVER_PATIENTS:
-            tables.append(rows.select(*target.columns), name)
-            return
-        existing = (
-            _match(target, F.broadcast(scope), scope_keys, "left_semi")
-            .select(*key)
-            .localCheckpoint(eager=True)
-        )
-        if existing.isEmpty():  # the scope is new to the table: an append, no MERGE
-            tables.append(rows.select(*target.columns), name)
-            return
-        stale = _tombstones(_match(existing, rows, key, "left_anti"), rows.schema, key)
-        merged = rows.withColumn("_delete", F.lit(False)).unionByName(
-            stale.withColumn("_delete", F.lit(True))
-        )
-        tables.merge_with_deletes(merged, name, key)
+        _merge_scope(tables, name, rows, scope, scope_keys, new=new_studies)
+        writes.tables.add(name)
 
     def series() -> None:
         merge(SILVER_SERIES, rollups[SILVER_SERIES].localCheckpoint(eager=True), affected, _STUDY)
 
+    def conflicting(studies: DataFrame) -> int:
+        return studies.where(F.col("attribute_conflicts") > 0).count()
+
     def studies(fresh: Future[DataFrame]) -> None:
-        merge(SILVER_STUDIES, fresh.result(), affected, _STUDY)
+        rows = fresh.result()
+        # the studies with conflicts this merge removes, read before it commits
+        before = 0
+        if not new_studies:
+            before = conflicting(tables.read(SILVER_STUDIES).join(affected, _STUDY, "left_semi"))
+        merge(SILVER_STUDIES, rows, affected, _STUDY)
+        writes.conflicts = conflicting(rows) - before
 
     def patients(fresh: Future[DataFrame]) -> None:
         keys = (
@@ -511,9 +516,43 @@ def _refine_incrementally(
         ThreadPoolExecutor(4, thread_name_prefix="dl-merge") as pool,
     ):
         fresh = pool.submit(lambda: rollups[SILVER_STUDIES].localCheckpoint(eager=True))
-        writes = [pool.submit(series), pool.submit(studies, fresh), pool.submit(patients, fresh)]
-        for done in writes:
+        jobs = [pool.submit(series), pool.submit(studies, fresh), pool.submit(patients, fresh)]
+        for done in jobs:
             done.result()
+
+
+def _merge_scope(
+    tables: DeltaTables,
+    name: str,
+    rows: DataFrame,
+    scope: DataFrame,
+    scope_keys: list[str],
+    *,
+    new: bool,
+) -> None:
+    """Replace the rollup rows of ``scope`` in ``name`` with ``rows`` (one commit): an
+    append when the scope is new to the table (``new``: studies silver never had,
+    for series and studies), else a MERGE that also deletes the scope's stale rows."""
+    from pyspark.sql import functions as F
+
+    key = _KEYS[name]
+    target = tables.read(name)
+    if new and name != SILVER_PATIENTS:
+        tables.append(rows.select(*target.columns), name)
+        return
+    existing = (
+        _match(target, F.broadcast(scope), scope_keys, "left_semi")
+        .select(*key)
+        .localCheckpoint(eager=True)
+    )
+    if existing.isEmpty():  # the scope is new to the table: an append, no MERGE
+        tables.append(rows.select(*target.columns), name)
+        return
+    stale = _tombstones(_match(existing, rows, key, "left_anti"), rows.schema, key)
+    merged = rows.withColumn("_delete", F.lit(False)).unionByName(
+        stale.withColumn("_delete", F.lit(True))
+    )
+    tables.merge_with_deletes(merged, name, key)
 
 
 def _lagging_studies(instances: DataFrame, studies: DataFrame) -> list[Row]:
@@ -552,20 +591,80 @@ def _zorder(spark: SparkSession, tables: DeltaTables) -> None:
         table.optimize().executeZOrderBy(*columns)
 
 
-def _count(tables: DeltaTables, summary: RefineSummary) -> None:
-    """The tables' row counts and the studies with conflicting attributes, side by side."""
+_COUNTED = {  # summary field -> silver table
+    "instances": SILVER_INSTANCES,
+    "series": SILVER_SERIES,
+    "studies": SILVER_STUDIES,
+    "patients": SILVER_PATIENTS,
+}
+
+
+@dataclass(slots=True)
+class _Writes:
+    """What an incremental refine committed: the tables it wrote (one commit each),
+    and how many studies with conflicting attributes its studies commit added."""
+
+    tables: set[str] = field(default_factory=set)
+    conflicts: int = 0
+
+
+def _count(
+    tables: DeltaTables, summary: RefineSummary, last: _LastRefine | None, writes: _Writes
+) -> dict[str, int]:
+    """The silver tables' row counts and the studies with conflicting attributes,
+    into ``summary``; return each table's version.
+
+    A table is not read when the last recorded refine (``last``; None after a full
+    rebuild) kept its count and version and the only commit since, if any, is this
+    refine's own: the count is then the recorded one plus that commit's inserted
+    minus deleted rows (its operation metrics). Otherwise it is counted."""
     from pyspark.sql import functions as F
 
-    queries = {
-        "instances": lambda: tables.read(SILVER_INSTANCES).count(),
-        "series": lambda: tables.read(SILVER_SERIES).count(),
-        "studies": lambda: tables.read(SILVER_STUDIES).count(),
-        "patients": lambda: tables.read(SILVER_PATIENTS).count(),
-        "study_conflicts": lambda: (
-            tables.read(SILVER_STUDIES).where(F.col("attribute_conflicts") > 0).count()
-        ),
-    }
-    with ThreadPoolExecutor(len(queries), thread_name_prefix="dl-count") as pool:
-        counts = {key: pool.submit(query) for key, query in queries.items()}
-        for key, count in counts.items():
-            setattr(summary, key, count.result())
+    def count(key: str) -> int:
+        df = tables.read(_COUNTED.get(key, SILVER_STUDIES))
+        if key == "study_conflicts":
+            df = df.where(F.col("attribute_conflicts") > 0)
+        return df.count()
+
+    with ThreadPoolExecutor(len(_COUNTED) + 1, thread_name_prefix="dl-count") as pool:
+        names = list(_COUNTED.values())
+        commits = dict(zip(names, pool.map(tables.last_commit, names), strict=True))
+        derived: dict[str, int | None] = {
+            key: _derived_count(last, writes, key, name, commits[name])
+            for key, name in _COUNTED.items()
+        }
+        derived["study_conflicts"] = (
+            last.counts["study_conflicts"] + writes.conflicts
+            if last is not None
+            and derived["studies"] is not None
+            and "study_conflicts" in last.counts
+            else None
+        )
+        counted = {key: pool.submit(count, key) for key, value in derived.items() if value is None}
+        for key, value in derived.items():
+            setattr(summary, key, counted[key].result() if value is None else value)
+    return {name: int(commit["version"]) for name, commit in commits.items()}
+
+
+def _derived_count(
+    last: _LastRefine | None, writes: _Writes, key: str, name: str, commit: dict[str, Any]
+) -> int | None:
+    """``name``'s count from the last record and this refine's own commit (see
+    :func:`_count`), or None when it has to be counted."""
+    if last is None or key not in last.counts or name not in last.versions:
+        return None
+    base, version = last.versions[name], int(commit["version"])
+    if name not in writes.tables:
+        return last.counts[key] if version == base else None
+    if version != base + 1:  # another writer committed too
+        return None
+    metrics = commit.get("operationMetrics") or {}
+    try:
+        if commit.get("operation") == "WRITE":  # an append
+            return last.counts[key] + int(metrics["numOutputRows"])
+        if commit.get("operation") == "MERGE":
+            inserted, deleted = metrics["numTargetRowsInserted"], metrics["numTargetRowsDeleted"]
+            return last.counts[key] + int(inserted) - int(deleted)
+    except (KeyError, ValueError):
+        return None
+    return None

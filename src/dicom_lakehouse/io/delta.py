@@ -179,9 +179,15 @@ class DeltaTables:
         return DeltaTable.forName(self.spark, self.ref(name))
 
     def last_commit(self, name: str) -> dict[str, Any]:
-        """The latest commit's version, operation and user metadata (the table's
-        history, no data read)."""
-        row = self.delta_table(name).history(1).select("version", "operation", "userMetadata")
+        """The latest commit's version, operation, its parameters and metrics, and user
+        metadata (the table's history, no data read)."""
+        row = (
+            self.delta_table(name)
+            .history(1)
+            .select(
+                "version", "operation", "operationParameters", "operationMetrics", "userMetadata"
+            )
+        )
         first = row.first()
         return first.asDict() if first is not None else {}
 
