@@ -1,5 +1,6 @@
 """Silver benchmark: cohort query on silver vs on bronze's metadata JSON, and an
-incremental refine after adding 1% new instances vs a full rebuild.
+incremental refine after adding 1% new instances vs a full rebuild, and a refine
+that finds nothing new.
 
     .venv/bin/python benchmarks/bench_silver.py [--instances 100000]
 
@@ -115,6 +116,8 @@ def main() -> int:
         added = _add_instances(work / "lake", sources, top + 1)
         run_ingest(settings, spark)
         incremental = run_refine(settings, spark)
+        # a scheduled refine that finds nothing new
+        noop = run_refine(settings, spark)
     finally:
         spark.stop()
     figures = {
@@ -129,8 +132,10 @@ def main() -> int:
         "incremental_seconds": incremental.seconds,
         "incremental_fraction": round(incremental.seconds / full.seconds, 3),
         "incremental_studies_recomputed": incremental.studies_recomputed,
+        "noop_refine_seconds": noop.seconds,
         "full_phase_seconds": full.phase_seconds,
         "incremental_phase_seconds": incremental.phase_seconds,
+        "noop_phase_seconds": noop.phase_seconds,
     }
     for key, value in figures.items():
         print(f"{key:32} {value}")

@@ -615,3 +615,34 @@ def test_batches_an_ingest_commits_after_a_refine_reach_silver(
     assert tables.read("silver_instances").where(in_silver).count() == len(sops)
     assert last.instances == first.instances + len(sops)
     shutil.rmtree(tmp_path / "tables", ignore_errors=True)
+
+
+def test_a_refine_after_a_full_rebuild_with_nothing_new_runs_no_repair(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A full rebuild that refined no new run still records the versions it left, so
+    the next incremental refine does not take the rebuilt silver for a refine that
+    stopped half-way (no repair aggregate), and its counts stay right."""
+    from dicom_lakehouse import refine
+
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    run_ingest(settings, spark)
+    run_refine(settings, spark)
+    rebuilt = run_refine(settings, spark, full=True)
+    assert rebuilt.ingest_runs_refined == 0
+    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    study = pydicom.uid.generate_uid(entropy_srcs=["after-full", "study"])
+    sop = pydicom.uid.generate_uid(entropy_srcs=["after-full", "sop"])
+    _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, sop, study)
+    run_ingest(settings, spark)
+
+    def no_repair(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("repair aggregate after a recorded full rebuild")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(refine, "_lagging_studies", no_repair)
+        summary = _refine_counted(settings, spark, tables)
+    assert summary.instances == rebuilt.instances + 1 and summary.studies_recomputed == 1
+    shutil.rmtree(tmp_path / "tables", ignore_errors=True)

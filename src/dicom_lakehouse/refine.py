@@ -253,7 +253,8 @@ _RUN_TABLES = (REFINED_RUNS, INGEST_RUNS)
 
 def _run_ids(tables: DeltaTables, name: str) -> set[str]:
     """Every run id in ``name`` (a narrow scan of a small table)."""
-    return {row["run_id"] for row in tables.read(name).select("run_id").collect()}
+    rows = tables.read(name).where("run_id IS NOT NULL").select("run_id").collect()
+    return {row["run_id"] for row in rows}
 
 
 def _version(tables: DeltaTables, name: str) -> int:
@@ -333,9 +334,13 @@ def _refine_locked(
         held.wait()  # also when nothing changed: a run under another's lease reports it
     with summary.phase("count"):
         versions = _count(tables, summary, None if full else last, writes)
-    if new_runs:
+    if new_runs or full:
+        # a full rebuild that refined no new run still records the versions and
+        # counts it left (one row without a run id), so the next refine need not
+        # count or repair
         stamp = datetime.now(UTC)
-        rows = [(r, summary.run_id, stamp) for r in new_runs]
+        runs: list[str | None] = [*new_runs] or [None]
+        rows = [(r, summary.run_id, stamp) for r in runs]
         mark = {
             "kind": _REFINE_MARK,
             "refine_run_id": summary.run_id,
