@@ -537,7 +537,10 @@ def _merge_scope(
 ) -> None:
     """Replace the rollup rows of ``scope`` in ``name`` with ``rows`` (one commit): an
     append when the scope is new to the table (``new``: studies silver never had,
-    for series and studies), else a MERGE that also deletes the scope's stale rows."""
+    for series and studies), else a MERGE that also deletes the scope's stale rows.
+    When the scope holds the table's own keys (studies, patients), its stale rows
+    are the scope's keys without a fresh row, with no read of the table: deleting
+    a key the table does not have matches nothing."""
     from pyspark.sql import functions as F
 
     key = _KEYS[name]
@@ -545,14 +548,17 @@ def _merge_scope(
     if new and name != SILVER_PATIENTS:
         tables.append(rows.select(*target.columns), name)
         return
-    existing = (
-        _match(target, F.broadcast(scope), scope_keys, "left_semi")
-        .select(*key)
-        .localCheckpoint(eager=True)
-    )
-    if existing.isEmpty():  # the scope is new to the table: an append, no MERGE
-        tables.append(rows.select(*target.columns), name)
-        return
+    if scope_keys == key:
+        existing = scope.select(*key)
+    else:
+        existing = (
+            _match(target, F.broadcast(scope), scope_keys, "left_semi")
+            .select(*key)
+            .localCheckpoint(eager=True)
+        )
+        if existing.isEmpty():  # the scope is new to the table: an append, no MERGE
+            tables.append(rows.select(*target.columns), name)
+            return
     stale = _tombstones(_match(existing, rows, key, "left_anti"), rows.schema, key)
     merged = rows.withColumn("_delete", F.lit(False)).unionByName(
         stale.withColumn("_delete", F.lit(True))
