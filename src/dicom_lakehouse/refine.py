@@ -488,17 +488,16 @@ def _refine_incrementally(
     def series() -> None:
         merge(SILVER_SERIES, rollups[SILVER_SERIES].localCheckpoint(eager=True), affected, _STUDY)
 
-    def conflicting(studies: DataFrame) -> int:
-        return studies.where(F.col("attribute_conflicts") > 0).count()
-
     def studies(fresh: Future[DataFrame]) -> None:
         rows = fresh.result()
         # the studies with conflicts this merge removes, read before it commits
         before = 0
         if not new_studies:
-            before = conflicting(tables.read(SILVER_STUDIES).join(affected, _STUDY, "left_semi"))
+            before = _conflicted(
+                tables.read(SILVER_STUDIES).join(affected, _STUDY, "left_semi")
+            ).count()
         merge(SILVER_STUDIES, rows, affected, _STUDY)
-        writes.conflicts = conflicting(rows) - before
+        writes.conflicts = _conflicted(rows).count() - before
 
     def patients(fresh: Future[DataFrame]) -> None:
         keys = (
@@ -610,6 +609,13 @@ _COUNTED = {  # summary field -> silver table
 }
 
 
+def _conflicted(studies: DataFrame) -> DataFrame:
+    """The studies whose attributes disagree across their instances."""
+    from pyspark.sql import functions as F
+
+    return studies.where(F.col("attribute_conflicts") > 0)
+
+
 @dataclass(slots=True)
 class _Writes:
     """What an incremental refine committed: the tables it wrote (one commit each),
@@ -629,13 +635,10 @@ def _count(
     rebuild) kept its count and version and the only commit since, if any, is this
     refine's own: the count is then the recorded one plus that commit's inserted
     minus deleted rows (its operation metrics). Otherwise it is counted."""
-    from pyspark.sql import functions as F
 
     def count(key: str) -> int:
         df = tables.read(_COUNTED.get(key, SILVER_STUDIES))
-        if key == "study_conflicts":
-            df = df.where(F.col("attribute_conflicts") > 0)
-        return df.count()
+        return (_conflicted(df) if key == "study_conflicts" else df).count()
 
     with ThreadPoolExecutor(len(_COUNTED) + 1, thread_name_prefix="dl-count") as pool:
         names = list(_COUNTED.values())

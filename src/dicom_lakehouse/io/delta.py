@@ -179,15 +179,10 @@ class DeltaTables:
         return DeltaTable.forName(self.spark, self.ref(name))
 
     def last_commit(self, name: str) -> dict[str, Any]:
-        """The latest commit's version, operation, its parameters and metrics, and user
-        metadata (the table's history, no data read)."""
-        row = (
-            self.delta_table(name)
-            .history(1)
-            .select(
-                "version", "operation", "operationParameters", "operationMetrics", "userMetadata"
-            )
-        )
+        """The latest commit's version, operation, operation metrics and user metadata
+        (the table's history, no data read)."""
+        history = self.delta_table(name).history(1)
+        row = history.select("version", "operation", "operationMetrics", "userMetadata")
         first = row.first()
         return first.asDict() if first is not None else {}
 
