@@ -317,9 +317,10 @@ def _refine_counted(settings, spark, tables: DeltaTables):  # type: ignore[no-un
 def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A new study, new instances, a new version of an existing one, a conflicting
     study attribute and a deleted study, each refined incrementally (appends where
-    silver never had the rows, MERGEs otherwise): every silver table then equals a
-    full rebuild's, and each summary's counts equal the tables' (also after another
-    writer's commit)."""
+    silver never had the rows, MERGEs otherwise; small changes, so with interpreted
+    expressions): every silver table then equals a full rebuild's with compiled
+    code, and each summary's counts equal the tables' (also after another writer's
+    commit)."""
     lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
     settings = settings_for(tmp_path / "lake", tmp_path / "tables")
     tables = DeltaTables(spark, settings.tables)
@@ -370,7 +371,10 @@ def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) 
     assert _refine_counted(settings, spark, tables).instances_deleted > 0
     names = ["silver_instances", "silver_series", "silver_studies", "silver_patients"]
     incremental = {name: _rows(tables, name) for name in names}
-    run_refine(settings, spark, full=True)
+    compiled = settings_for(
+        tmp_path / "lake", tmp_path / "tables", silver={"interpreted_max_rows": 0}
+    )
+    run_refine(compiled, spark, full=True)
     for name in names:
         assert incremental[name] == _rows(tables, name), name
     updated = (
@@ -646,3 +650,20 @@ def test_a_refine_after_a_full_rebuild_with_nothing_new_runs_no_repair(
         summary = _refine_counted(settings, spark, tables)
     assert summary.instances == rebuilt.instances + 1 and summary.studies_recomputed == 1
     shutil.rmtree(tmp_path / "tables", ignore_errors=True)
+
+
+def test_interpreted_expressions_are_scoped_to_the_block(spark) -> None:  # type: ignore[no-untyped-def]
+    """Inside the block the session compiles no code; after it (also after an
+    error) the settings are what they were; disabled, nothing changes."""
+    from dicom_lakehouse.spark import interpreted_expressions
+
+    keys = ("spark.sql.codegen.wholeStage", "spark.sql.codegen.factoryMode")
+    spark.conf.set(keys[0], "true")
+    before = [spark.conf.get(key, None) for key in keys]
+    with pytest.raises(RuntimeError), interpreted_expressions(spark):
+        assert [spark.conf.get(key) for key in keys] == ["false", "NO_CODEGEN"]
+        assert spark.range(3).selectExpr("sum(id * 2) AS s").first()["s"] == 6
+        raise RuntimeError("boom")
+    assert [spark.conf.get(key, None) for key in keys] == before
+    with interpreted_expressions(spark, enabled=False):
+        assert spark.conf.get(keys[0]) == "true"

@@ -144,6 +144,11 @@ class SilverConfig(_Model):
         default=False,
         description="Also write the Azure template's instance/series/study as Delta tables",
     )
+    interpreted_max_rows: int = Field(
+        default=200_000,
+        ge=0,
+        description="Refine at most this many new file versions without compiling code",
+    )
 
 
 class DicomWebConfig(_Model):

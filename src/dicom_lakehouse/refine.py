@@ -19,6 +19,11 @@ record from an older release, or history cleaned up since) the whole
 version that moved since the last record means a refine stopped half-way, and
 the next one repairs the rollups that lag behind the instances.
 
+A refine of few rows (``silver.interpreted_max_rows``: the new bronze rows of an
+incremental refine, all of them on a rebuild) evaluates expressions without
+generated code: Spark otherwise compiles Java for each of the run's dozens of
+distinct plans, which costs more than evaluating a small change.
+
 Layout: silver tables are partitioned by ``partition_name`` (few values; every
 cohort query of a multi-tenant lake filters on it) and, on a rebuild,
 Z-ordered by ``study_date`` and ``modality``, the columns cohort filters use
@@ -51,7 +56,7 @@ from dicom_lakehouse.ingest import (
 from dicom_lakehouse.io.delta import DeltaTables, commit_mark
 from dicom_lakehouse.io.lease import LeaseHandle, LeaseHeldError, job_lease
 from dicom_lakehouse.phases import timed
-from dicom_lakehouse.spark import get_spark
+from dicom_lakehouse.spark import get_spark, interpreted_expressions
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
@@ -274,7 +279,6 @@ def _refine_locked(
     """Refine under the lease: bronze is read while it is acquired; silver is read
     and written only once it is held. ``last``: what the last recorded refine
     read and wrote."""
-    from dicom_lakehouse import silver
 
     with summary.phase("runs"):
         # New runs: runs recorded in ingest_runs since the last refine, and runs that
@@ -305,31 +309,24 @@ def _refine_locked(
     bronze = tables.read(BRONZE_INSTANCES)
     lake_files = tables.read(LAKE_FILES)
 
+    # few rows: evaluated without compiling code (see interpreted_expressions)
+    few = settings.silver.interpreted_max_rows
     if full:
         with summary.phase("typed"):
-            typed = silver.typed_instances(silver.current_instances(bronze, lake_files))
-            typed = typed.localCheckpoint(eager=True)
-            summary.coerced = silver.coercion_counts(typed)
-        instances = silver.drop_raw(typed)
-        with summary.phase("lease"):
-            held.wait()
-        with summary.phase("write_instances"):
-            tables.overwrite(instances, SILVER_INSTANCES)
-        summary.instances_changed = instances.count()
-        current = tables.read(SILVER_INSTANCES)
-        with summary.phase("rollups"):
-            for name, df in _rollups(current).items():
-                tables.overwrite(df, name)
-            patients = silver.patients_from_studies(tables.read(SILVER_STUDIES))
-            tables.overwrite(patients, SILVER_PATIENTS)
-        if settings.silver.zorder:
-            with summary.phase("zorder"):
-                _zorder(spark, tables)
+            n_bronze = bronze.count()
+        with interpreted_expressions(spark, n_bronze <= few):
+            _rebuild(spark, settings, tables, bronze, lake_files, summary, held)
     writes = _Writes()
     if not full and new_runs:
-        _refine_incrementally(
-            spark, tables, bronze, lake_files, new_runs, summary, held, writes, repair
-        )
+        with summary.phase("typed"):
+            # only the new file versions are read from bronze (file statistics on
+            # run_id skip the rest): an older version can only be current already
+            added = bronze.where(bronze["run_id"].isin(new_runs))
+            n_added = added.count()
+        with interpreted_expressions(spark, n_added <= few):
+            _refine_incrementally(
+                spark, tables, added, n_added, lake_files, summary, held, writes, repair
+            )
     with summary.phase("lease"):
         held.wait()  # also when nothing changed: a run under another's lease reports it
     with summary.phase("count"):
@@ -368,19 +365,52 @@ def _refine_locked(
             write_compat_tables(tables)
 
 
-def _refine_incrementally(
+def _rebuild(
     spark: SparkSession,
+    settings: Settings,
     tables: DeltaTables,
     bronze: DataFrame,
     lake_files: DataFrame,
-    new_runs: list[str],
+    summary: RefineSummary,
+    held: LeaseHandle,
+) -> None:
+    """Rebuild every silver table from bronze (each one overwrite commit)."""
+    from dicom_lakehouse import silver
+
+    with summary.phase("typed"):
+        typed = silver.typed_instances(silver.current_instances(bronze, lake_files))
+        typed = typed.localCheckpoint(eager=True)
+        summary.coerced = silver.coercion_counts(typed)
+    instances = silver.drop_raw(typed)
+    with summary.phase("lease"):
+        held.wait()
+    with summary.phase("write_instances"):
+        tables.overwrite(instances, SILVER_INSTANCES)
+    summary.instances_changed = instances.count()
+    current = tables.read(SILVER_INSTANCES)
+    with summary.phase("rollups"):
+        for name, df in _rollups(current).items():
+            tables.overwrite(df, name)
+        patients = silver.patients_from_studies(tables.read(SILVER_STUDIES))
+        tables.overwrite(patients, SILVER_PATIENTS)
+    if settings.silver.zorder:
+        with summary.phase("zorder"):
+            _zorder(spark, tables)
+
+
+def _refine_incrementally(
+    spark: SparkSession,
+    tables: DeltaTables,
+    added: DataFrame,
+    n_added: int,
+    lake_files: DataFrame,
     summary: RefineSummary,
     held: LeaseHandle,
     writes: _Writes,
     repair: bool = False,
 ) -> None:
-    """Recompute the studies touched by ``new_runs`` or by files gone from the lake,
-    noting in ``writes`` what was committed.
+    """Recompute the studies touched by the ``n_added`` new bronze rows ``added`` or
+    by files gone from the lake, noting in ``writes`` what was committed.
 
     Silver is read through narrow projections (keys, versions, watermarks) except
     for the touched studies' rows, so the cost follows the change, not the table.
@@ -397,11 +427,8 @@ def _refine_incrementally(
     listed = lake_files.where(F.col("kind") == "instance").select(*version)
     current_silver = tables.read(SILVER_INSTANCES)
     with summary.phase("typed"):
-        # Only the new file versions are read from bronze (file statistics on run_id
-        # skip the rest): an older version can only be current already, i.e. in silver.
-        added = bronze.where(F.col("run_id").isin(new_runs))
         added_files = lake_files
-        if added.count() <= _BROADCAST_ROWS:
+        if n_added <= _BROADCAST_ROWS:
             # the listing rows of just those files, found through a broadcast of
             # their paths, so the lake's whole listing is never shuffled
             paths = F.broadcast(added.select("file_path").distinct())
@@ -421,9 +448,15 @@ def _refine_incrementally(
             .select(*keys, "study_instance_uid", *patient[1:])
             .localCheckpoint(eager=True)
         )
-        touched = new_rows.select(*_STUDY).unionByName(gone.select(*_STUDY))
+        touched = (
+            new_rows.select(*_STUDY, F.lit(False).alias("_gone"))
+            .unionByName(gone.select(*_STUDY, F.lit(True).alias("_gone")))
+            .distinct()
+            .collect()
+        )
+        any_gone = any(row["_gone"] for row in touched)
         lagging = _lagging_studies(current_silver, tables.read(SILVER_STUDIES)) if repair else []
-        affected_rows = list(set(touched.distinct().collect()) | set(lagging))
+        affected_rows = list({tuple(row[c] for c in _STUDY) for row in [*touched, *lagging]})
     summary.studies_recomputed = len(affected_rows)
     if not affected_rows:
         return
@@ -434,23 +467,30 @@ def _refine_incrementally(
             .select(*keys, *patient[1:], "watermark", "versions")
             .localCheckpoint(eager=True)
         )
-        kept = prior.join(gone.select(*keys), keys, "left_anti")
-        # a new version wins over the kept silver row when its watermark is higher
-        old = kept.select(
-            *keys, F.col("watermark").alias("_old_wm"), F.col("versions").alias("_old_versions")
-        )
-        winners = (
-            new_rows.join(old, keys, "left")
-            .where(F.col("_old_wm").isNull() | (F.col("watermark") > F.col("_old_wm")))
-            .withColumn(
-                "versions", F.col("versions") + F.coalesce(F.col("_old_versions"), F.lit(0))
+        # studies silver has no instance of (gone ones are silver's, so none either):
+        # every new row wins, nothing is replaced or deleted
+        prior_empty = prior.isEmpty()
+        winners = new_rows
+        if not prior_empty:
+            kept = prior.join(gone.select(*keys), keys, "left_anti")
+            # a new version wins over the kept silver row when its watermark is higher
+            old = kept.select(
+                *keys, F.col("watermark").alias("_old_wm"), F.col("versions").alias("_old_versions")
             )
-            .select(*new_rows.columns)
-            .localCheckpoint(eager=True)
-        )
+            winners = (
+                new_rows.join(old, keys, "left")
+                .where(F.col("_old_wm").isNull() | (F.col("watermark") > F.col("_old_wm")))
+                .withColumn(
+                    "versions", F.col("versions") + F.coalesce(F.col("_old_versions"), F.lit(0))
+                )
+                .select(*new_rows.columns)
+                .localCheckpoint(eager=True)
+            )
         gone_keys = gone.select(*keys).join(winners.select(*keys), keys, "left_anti")
-        tombstones = _tombstones(gone_keys, new_rows.schema, keys).localCheckpoint(eager=True)
-        summary.instances_deleted = tombstones.count()
+        tombstones = _tombstones(gone_keys, new_rows.schema, keys)
+        if any_gone:
+            tombstones = tombstones.localCheckpoint(eager=True)
+            summary.instances_deleted = tombstones.count()
         summary.instances_changed = winners.count() + summary.instances_deleted
     source = winners.withColumn("_delete", F.lit(False)).unionByName(
         tombstones.withColumn("_delete", F.lit(True))
@@ -464,21 +504,22 @@ def _refine_incrementally(
         ).distinct()
     with summary.phase("merge_instances"):
         replaced = _match(winners.select(*keys), prior.select(*keys), keys, "left_semi")
-        if summary.instances_deleted or not replaced.isEmpty():
+        if summary.instances_deleted or (not prior_empty and not replaced.isEmpty()):
             tables.merge_with_deletes(source, SILVER_INSTANCES, keys)
         else:  # only instances silver has never had: an append, no MERGE
             tables.append(winners.select(*current_silver.columns), SILVER_INSTANCES)
         writes.tables.add(SILVER_INSTANCES)
-    after = tables.read(SILVER_INSTANCES)
     with summary.phase("rollups"):
-        # the touched studies' rows, without the one wide column no rollup reads
-        in_studies = (
-            after.drop("metadata_json")
-            .join(affected, _STUDY, "left_semi")
-            .localCheckpoint(eager=True)
-        )
+        # the touched studies' rows, without the one wide column no rollup reads:
+        # the new rows alone when silver had no instance of those studies
+        columns = [c for c in current_silver.columns if c != "metadata_json"]
+        in_studies = winners.select(*columns)
+        if not prior_empty:
+            after = tables.read(SILVER_INSTANCES).select(*columns)
+            in_studies = after.join(affected, _STUDY, "left_semi")
+            in_studies = in_studies.localCheckpoint(eager=True)
         # studies silver had no instance of have no series or study rows either
-        new_studies = not lagging and prior.isEmpty()
+        new_studies = not lagging and prior_empty
     rollups = _rollups(in_studies)
 
     def merge(name: str, rows: DataFrame, scope: DataFrame, scope_keys: list[str]) -> None:
@@ -486,7 +527,7 @@ def _refine_incrementally(
         writes.tables.add(name)
 
     def series() -> None:
-        merge(SILVER_SERIES, rollups[SILVER_SERIES].localCheckpoint(eager=True), affected, _STUDY)
+        merge(SILVER_SERIES, rollups[SILVER_SERIES], affected, _STUDY)
 
     def studies(fresh: Future[DataFrame]) -> None:
         rows = fresh.result()
@@ -511,7 +552,7 @@ def _refine_incrementally(
         untouched = tables.read(SILVER_STUDIES).join(affected, _STUDY, "left_anti")
         theirs = _match(untouched, F.broadcast(keys), patient, "left_semi")
         rows = silver.patients_from_studies(theirs.unionByName(fresh.result()))
-        merge(SILVER_PATIENTS, rows.localCheckpoint(eager=True), keys, patient)
+        merge(SILVER_PATIENTS, rows, keys, patient)
 
     # each table recomputed and written in its own commit, side by side; the
     # patients roll up the fresh studies (silver's untouched rows read apart)
@@ -539,7 +580,8 @@ def _merge_scope(
     for series and studies), else a MERGE that also deletes the scope's stale rows.
     When the scope holds the table's own keys (studies, patients), its stale rows
     are the scope's keys without a fresh row, with no read of the table: deleting
-    a key the table does not have matches nothing."""
+    a key the table does not have matches nothing. ``rows`` need no checkpoint: a
+    MERGE materializes its source once."""
     from pyspark.sql import functions as F
 
     key = _KEYS[name]

@@ -8,9 +8,11 @@ Ivy resolve the Delta jars from Maven Central on first start and cache them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,13 @@ from dicom_lakehouse.errors import ConfigError
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["LOCAL_DEFAULTS", "get_spark", "hadoop_azure_package", "spark_versions"]
+__all__ = [
+    "LOCAL_DEFAULTS",
+    "get_spark",
+    "hadoop_azure_package",
+    "interpreted_expressions",
+    "spark_versions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +109,42 @@ def hadoop_azure_package() -> str:
     for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
         return f"org.apache.hadoop:hadoop-azure:{jar.stem.removeprefix('hadoop-client-api-')}"
     raise ConfigError("this pyspark bundles no Hadoop client: use the platform's connector")
+
+
+# Expressions evaluated without generated Java code: compiling it costs more than
+# evaluating a small change (see interpreted_expressions).
+_INTERPRETED = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
+
+
+@contextlib.contextmanager
+def interpreted_expressions(spark: SparkSession, enabled: bool = True) -> Iterator[None]:
+    """Evaluate the session's queries without generated code inside the block.
+
+    Spark compiles Java code for every distinct plan, a fixed cost of seconds per
+    job that only pays off on many rows; a refine of a small change runs dozens of
+    distinct plans over a few rows each. The settings are the session's, so queries
+    other threads run meanwhile are interpreted too; previous values are restored
+    on exit. A session that refuses a setting (e.g. Spark Connect) keeps its own."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    previous: dict[str, str | None] = {}
+    if enabled:
+        for key, value in _INTERPRETED.items():
+            try:
+                before = spark.conf.get(key, None)
+                spark.conf.set(key, value)
+                previous[key] = before
+            except (PySparkException, Py4JError) as exc:
+                logger.debug("cannot set %s: %s", key, type(exc).__name__)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
