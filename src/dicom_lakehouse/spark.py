@@ -143,8 +143,8 @@ def interpreted_expressions(spark: SparkSession, enabled: bool = True) -> Iterat
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
