@@ -657,13 +657,16 @@ def test_interpreted_expressions_are_scoped_to_the_block(spark) -> None:  # type
     error) the settings are what they were; disabled, nothing changes."""
     from dicom_lakehouse.spark import interpreted_expressions
 
-    keys = ("spark.sql.codegen.wholeStage", "spark.sql.codegen.factoryMode")
-    spark.conf.set(keys[0], "true")
-    before = [spark.conf.get(key, None) for key in keys]
+    key = "spark.sql.codegen.factoryMode"
+    spark.conf.set(key, "FALLBACK")
     with pytest.raises(RuntimeError), interpreted_expressions(spark):
-        assert [spark.conf.get(key) for key in keys] == ["false", "NO_CODEGEN"]
+        assert spark.conf.get(key) == "NO_CODEGEN"
         assert spark.range(3).selectExpr("sum(id * 2) AS s").first()["s"] == 6
         raise RuntimeError("boom")
-    assert [spark.conf.get(key, None) for key in keys] == before
+    assert spark.conf.get(key) == "FALLBACK"
     with interpreted_expressions(spark, enabled=False):
-        assert spark.conf.get(keys[0]) == "true"
+        assert spark.conf.get(key) == "FALLBACK"
+    spark.conf.unset(key)
+    with interpreted_expressions(spark):
+        assert spark.conf.get(key) == "NO_CODEGEN"
+    assert spark.conf.get(key, None) in (None, "FALLBACK")  # unset again: the default

@@ -112,22 +112,23 @@ def hadoop_azure_package() -> str:
 
 
 # Expressions evaluated without generated Java code: compiling it costs more than
-# evaluating a small change (see interpreted_expressions).
-_INTERPRETED = {
-    "spark.sql.codegen.wholeStage": "false",
-    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-}
+# evaluating a small change (see interpreted_expressions). Only settings that no
+# planning rule reads: spark.sql.codegen.wholeStage changes which plans are valid,
+# so flipping it while another thread plans a query fails that query.
+_INTERPRETED = {"spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 
 
 @contextlib.contextmanager
 def interpreted_expressions(spark: SparkSession, enabled: bool = True) -> Iterator[None]:
-    """Evaluate the session's queries without generated code inside the block.
+    """Evaluate expressions (projections, predicates, orderings) without generated
+    code inside the block.
 
     Spark compiles Java code for every distinct plan, a fixed cost of seconds per
     job that only pays off on many rows; a refine of a small change runs dozens of
-    distinct plans over a few rows each. The settings are the session's, so queries
-    other threads run meanwhile are interpreted too; previous values are restored
-    on exit. A session that refuses a setting (e.g. Spark Connect) keeps its own."""
+    distinct plans over a few rows each. The setting is the session's, so queries
+    other threads run meanwhile are interpreted too (same results, no failure);
+    the previous value is restored on exit. A session that refuses the setting
+    (e.g. Spark Connect) keeps its own."""
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
