@@ -112,8 +112,9 @@ def hadoop_azure_package() -> str:
 
 
 # Expressions evaluated without generated Java code: compiling it costs more than
-# evaluating a small change (see interpreted_expressions). Only settings that no
-# planning rule reads: spark.sql.codegen.wholeStage changes which plans are valid,
+# evaluating a small change (see interpreted_expressions). NO_CODEGEN also stops
+# whole-stage code, and a query planned in either mode runs in the other. Not
+# spark.sql.codegen.wholeStage: it also decides whether a Parquet scan is columnar,
 # so flipping it while another thread plans a query fails that query.
 _INTERPRETED = {"spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 
