@@ -96,15 +96,18 @@ def main() -> int:
         "spark": {"master": "local[2]"},
     }
     settings = settings_from_mapping({**config, "silver": {"zorder": True}})
-    # the full rebuild again in the mode the defaults did not pick for this size
-    # (compiled code vs interpreted expressions, silver.interpreted_max_rows)
-    interpreted = len(lake.files) <= settings.silver.interpreted_max_rows
-    other = settings_from_mapping(
-        {**config, "silver": {"zorder": True, "interpreted_max_rows": 0 if interpreted else 10**12}}
-    )
     spark = local_spark(**{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "6g"})
     try:
         ingest = run_ingest(settings, spark)
+        # the full rebuild again in the mode the defaults did not pick for this many
+        # bronze rows (compiled code vs interpreted expressions, interpreted_max_rows)
+        interpreted = ingest.files_ingested <= settings.silver.interpreted_max_rows
+        other = settings_from_mapping(
+            {
+                **config,
+                "silver": {"zorder": True, "interpreted_max_rows": 0 if interpreted else 10**12},
+            }
+        )
         run_refine(settings, spark)  # the first refine builds silver
         full = run_refine(settings, spark, full=True)
         full_other = run_refine(other, spark, full=True)

@@ -116,7 +116,7 @@ def hadoop_azure_package() -> str:
 # whole-stage code, and a query planned in either mode runs in the other. Not
 # spark.sql.codegen.wholeStage: it also decides whether a Parquet scan is columnar,
 # so flipping it while another thread plans a query fails that query.
-_INTERPRETED = {"spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+_FACTORY_MODE = "spark.sql.codegen.factoryMode"
 
 
 @contextlib.contextmanager
@@ -133,20 +133,19 @@ def interpreted_expressions(spark: SparkSession, enabled: bool = True) -> Iterat
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
-    previous: dict[str, str | None] = {}
+    before: str | None = None
     if enabled:
-        for key, value in _INTERPRETED.items():
-            try:
-                before = spark.conf.get(key, None)
-                spark.conf.set(key, value)
-                previous[key] = before
-            except (PySparkException, Py4JError) as exc:
-                logger.debug("cannot set %s: %s", key, type(exc).__name__)
+        try:
+            before = spark.conf.get(_FACTORY_MODE, None)
+            spark.conf.set(_FACTORY_MODE, "NO_CODEGEN")
+        except (PySparkException, Py4JError) as exc:
+            logger.debug("cannot set %s: %s", _FACTORY_MODE, type(exc).__name__)
+            enabled = False
     try:
         yield
     finally:
-        for key, old in previous.items():
-            if old is None:
-                spark.conf.unset(key)
+        if enabled:
+            if before is None:
+                spark.conf.unset(_FACTORY_MODE)
             else:
-                spark.conf.set(key, old)
+                spark.conf.set(_FACTORY_MODE, before)
