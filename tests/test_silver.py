@@ -337,6 +337,14 @@ def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) 
     assert _refine_counted(settings, spark, tables).studies_recomputed == 1
     study_rows = tables.read("silver_studies").where(f"study_instance_uid = '{new_study}'")
     assert [r["instance_count"] for r in study_rows.collect()] == [2]
+    # the new study's patient is an existing one: their row now counts it too
+    patient_id = study_rows.first()["patient_id"]
+    of_patient = f"partition_name = 'research' AND patient_id = '{patient_id}'"
+    patient_rows = tables.read("silver_patients").where(of_patient).collect()
+    assert [r["study_count"] for r in patient_rows] == [
+        tables.read("silver_studies").where(of_patient).count()
+    ]
+    assert patient_rows[0]["study_count"] >= 2
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full"])
     studies = tables.read("silver_studies")
     conflicts = studies.where("attribute_conflicts > 0").count()
@@ -618,6 +626,39 @@ def test_batches_an_ingest_commits_after_a_refine_reach_silver(
     assert not last.full and last.ingest_runs_refined == 1
     assert tables.read("silver_instances").where(in_silver).count() == len(sops)
     assert last.instances == first.instances + len(sops)
+    shutil.rmtree(tmp_path / "tables", ignore_errors=True)
+
+
+def test_runs_beyond_one_read_of_history_reach_silver(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two ingests between refines, with history read one commit at a time: the
+    refine reads the rest of history (no scan of the run tables) and brings both
+    runs' rows into silver."""
+    from dicom_lakehouse import refine
+
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
+    tables = DeltaTables(spark, settings.tables)
+    run_ingest(settings, spark)
+    first = run_refine(settings, spark)
+    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    sops = [pydicom.uid.generate_uid(entropy_srcs=["history", str(i)]) for i in range(2)]
+    for i, sop in enumerate(sops):
+        _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000 + i, sop)
+        run_ingest(settings, spark)
+
+    def no_scan(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("run tables scanned although history holds every commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(refine, "_RECENT_COMMITS", 1)
+        patch.setattr(refine, "_run_ids", no_scan)
+        second = _refine_counted(settings, spark, tables)
+    assert second.ingest_runs_refined == 2
+    in_silver = f"sop_instance_uid IN ({', '.join(repr(s) for s in sops)})"
+    assert tables.read("silver_instances").where(in_silver).count() == len(sops)
+    assert second.instances == first.instances + len(sops)
     shutil.rmtree(tmp_path / "tables", ignore_errors=True)
 
 

@@ -233,19 +233,25 @@ def _last_refine(tables: DeltaTables) -> _LastRefine:
     )
 
 
+_RECENT_COMMITS = 10  # history read at once: more than an ingest commits to a table
+
+
 def _runs_since(
     tables: DeltaTables, name: str, version: int | None, run_of: Callable[[str | None], str | None]
 ) -> tuple[int, set[str] | None]:
     """The table's latest version, and the runs that ``run_of`` names in the metadata
     of its commits after ``version`` (its history, no data read). None for the runs
     when ``version`` is None or when history no longer holds every such commit."""
-    latest = _version(tables, name)
+    # one read of history in the common case of a few commits since ``version``
+    recent = tables.commits(name, _RECENT_COMMITS)
+    latest = int(recent[0]["version"])
     if version is None:
         return latest, None
     if latest <= version:
         return latest, set()
-    rows = tables.delta_table(name).history(latest - version).select("version", "userMetadata")
-    commits = {row["version"]: row["userMetadata"] for row in rows.collect()}
+    if latest - version > len(recent):
+        recent = tables.commits(name, latest - version)
+    commits = {row["version"]: row["userMetadata"] for row in recent}
     if any(v not in commits for v in range(version + 1, latest + 1)):
         logger.warning("history of %s since version %d is incomplete", name, version)
         return latest, None
@@ -577,7 +583,8 @@ def _merge_scope(
 ) -> None:
     """Replace the rollup rows of ``scope`` in ``name`` with ``rows`` (one commit): an
     append when the scope is new to the table (``new``: studies silver never had,
-    for series and studies), else a MERGE that also deletes the scope's stale rows.
+    for series and studies; for patients, an upsert with nothing to delete), else a
+    MERGE that also deletes the scope's stale rows.
     When the scope holds the table's own keys (studies, patients), its stale rows
     are the scope's keys without a fresh row, with no read of the table: deleting
     a key the table does not have matches nothing. ``rows`` need no checkpoint: a
@@ -588,6 +595,11 @@ def _merge_scope(
     target = tables.read(name)
     if new and name != SILVER_PATIENTS:
         tables.append(rows.select(*target.columns), name)
+        return
+    if new:
+        # patients of new studies: a key without a fresh row has no study in silver,
+        # so (nothing lagging) no patient row to delete either: a plain upsert
+        tables.merge_with_deletes(rows.withColumn("_delete", F.lit(False)), name, key)
         return
     if scope_keys == key:
         existing = scope.select(*key)

@@ -178,13 +178,17 @@ class DeltaTables:
             return DeltaTable.forPath(self.spark, self.ref(name))
         return DeltaTable.forName(self.spark, self.ref(name))
 
+    def commits(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The latest ``limit`` commits, newest first: each one's version, operation,
+        operation metrics and user metadata (the table's history, no data read)."""
+        history = self.delta_table(name).history(limit)
+        rows = history.select("version", "operation", "operationMetrics", "userMetadata")
+        return [row.asDict() for row in rows.collect()]
+
     def last_commit(self, name: str) -> dict[str, Any]:
-        """The latest commit's version, operation, operation metrics and user metadata
-        (the table's history, no data read)."""
-        history = self.delta_table(name).history(1)
-        row = history.select("version", "operation", "operationMetrics", "userMetadata")
-        first = row.first()
-        return first.asDict() if first is not None else {}
+        """The latest commit (see :meth:`commits`); empty for a table without one."""
+        latest = self.commits(name, 1)
+        return latest[0] if latest else {}
 
     def read(self, name: str) -> DataFrame:
         reader = self.spark.read.format("delta")
