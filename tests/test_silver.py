@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -12,11 +13,12 @@ import pytest
 
 from dicom_lakehouse.cohort import CohortError, build_cohort, read_cohort
 from dicom_lakehouse.compat import register_compat_views
+from dicom_lakehouse.config import Settings
 from dicom_lakehouse.ingest import run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.lake.layout import instance_file_name
-from dicom_lakehouse.refine import run_refine
-from dicom_lakehouse.testing import build_sample_lake
+from dicom_lakehouse.refine import RefineSummary, run_refine
+from dicom_lakehouse.testing import SampleFile, SampleLake, build_sample_lake
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.spark
@@ -232,16 +234,32 @@ def _add_instance(
     return path
 
 
+@dataclass(frozen=True)
+class _Refined:
+    """A sample lake ingested and refined once, and an instance of it to copy."""
+
+    lake: SampleLake
+    settings: Settings
+    tables: DeltaTables
+    first: RefineSummary
+    target: SampleFile
+
+
+def _refined_lake(spark, tmp_path: Path, **sections: dict) -> _Refined:  # type: ignore[no-untyped-def]
+    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
+    settings = settings_for(tmp_path / "lake", tmp_path / "tables", **sections)
+    run_ingest(settings, spark)
+    first = run_refine(settings, spark)
+    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    return _Refined(lake, settings, DeltaTables(spark, settings.tables), first, target)
+
+
 def test_incremental_refine_touches_only_changed_studies_and_deletes_propagate(
     spark, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
-    run_ingest(settings, spark)
-    first = run_refine(settings, spark)
-    tables = DeltaTables(spark, settings.tables)
+    r = _refined_lake(spark, tmp_path)
+    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
     # one new instance in an existing study
-    target = next(f for f in lake.current_instances if f.partition_name == "research")
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["incremental-test"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
     run_ingest(settings, spark)
@@ -321,12 +339,8 @@ def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) 
     expressions): every silver table then equals a full rebuild's with compiled
     code, and each summary's counts equal the tables' (also after another writer's
     commit)."""
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
-    tables = DeltaTables(spark, settings.tables)
-    run_ingest(settings, spark)
-    run_refine(settings, spark)
-    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    r = _refined_lake(spark, tmp_path)
+    lake, settings, tables, target = r.lake, r.settings, r.tables, r.target
     new_study = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full", "study"])
     for n in range(2):
         sop = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full", "study", str(n)])
@@ -541,12 +555,8 @@ def test_rows_landed_by_an_ingest_killed_before_its_record_reach_silver(
     rows into silver."""
     from dicom_lakehouse import ingest
 
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
-    tables = DeltaTables(spark, settings.tables)
-    run_ingest(settings, spark)
-    first = run_refine(settings, spark)
-    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    r = _refined_lake(spark, tmp_path)
+    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["killed-before-record"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
     _stopped_at(monkeypatch, ingest, "_record_run", lambda: run_ingest(settings, spark))
@@ -568,11 +578,8 @@ def test_a_refine_that_stopped_after_writing_instances_is_repaired_by_the_next(
     series, studies and patients end equal to a full rebuild's."""
     from dicom_lakehouse import refine
 
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
-    tables = DeltaTables(spark, settings.tables)
-    run_ingest(settings, spark)
-    run_refine(settings, spark)
+    r = _refined_lake(spark, tmp_path)
+    lake, settings, tables = r.lake, r.settings, r.tables
     studies = sorted({f.study_instance_uid for f in lake.current_instances})
     partly, wholly = studies[0], studies[1]
     (lake.root / next(f for f in lake.instances if f.study_instance_uid == partly).path).unlink()
@@ -599,12 +606,8 @@ def test_batches_an_ingest_commits_after_a_refine_reach_silver(
     """A long ingest commits its first batch, a refine runs, then the ingest commits
     its second batch and its record. The refine in between took the run from bronze's
     history; the next refine still brings the second batch into silver."""
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables", ingest={"batch_files": 3})
-    tables = DeltaTables(spark, settings.tables)
-    run_ingest(settings, spark)
-    first = run_refine(settings, spark)
-    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    r = _refined_lake(spark, tmp_path, ingest={"batch_files": 3})
+    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
     sops = [pydicom.uid.generate_uid(entropy_srcs=["long-ingest", str(i)]) for i in range(6)]
     for i, sop in enumerate(sops):
         _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000 + i, sop)
@@ -637,12 +640,8 @@ def test_runs_beyond_one_read_of_history_reach_silver(
     runs' rows into silver."""
     from dicom_lakehouse import refine
 
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
-    tables = DeltaTables(spark, settings.tables)
-    run_ingest(settings, spark)
-    first = run_refine(settings, spark)
-    target = next(f for f in lake.current_instances if f.partition_name == "research")
+    r = _refined_lake(spark, tmp_path)
+    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
     sops = [pydicom.uid.generate_uid(entropy_srcs=["history", str(i)]) for i in range(2)]
     for i, sop in enumerate(sops):
         _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000 + i, sop)
@@ -670,14 +669,10 @@ def test_a_refine_after_a_full_rebuild_with_nothing_new_runs_no_repair(
     stopped half-way (no repair aggregate), and its counts stay right."""
     from dicom_lakehouse import refine
 
-    lake = build_sample_lake(tmp_path / "lake", studies_per_partition=2, include_testdata=False)
-    settings = settings_for(tmp_path / "lake", tmp_path / "tables")
-    tables = DeltaTables(spark, settings.tables)
-    run_ingest(settings, spark)
-    run_refine(settings, spark)
+    r = _refined_lake(spark, tmp_path)
+    lake, settings, tables, target = r.lake, r.settings, r.tables, r.target
     rebuilt = run_refine(settings, spark, full=True)
     assert rebuilt.ingest_runs_refined == 0
-    target = next(f for f in lake.current_instances if f.partition_name == "research")
     study = pydicom.uid.generate_uid(entropy_srcs=["after-full", "study"])
     sop = pydicom.uid.generate_uid(entropy_srcs=["after-full", "sop"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, sop, study)
