@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pydicom
 import pytest
@@ -234,8 +234,7 @@ def _add_instance(
     return path
 
 
-@dataclass(frozen=True)
-class _Refined:
+class _Refined(NamedTuple):
     """A sample lake ingested and refined once, and an instance of it to copy."""
 
     lake: SampleLake
@@ -257,8 +256,7 @@ def _refined_lake(spark, tmp_path: Path, **sections: dict) -> _Refined:  # type:
 def test_incremental_refine_touches_only_changed_studies_and_deletes_propagate(
     spark, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    r = _refined_lake(spark, tmp_path)
-    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
+    lake, settings, tables, first, target = _refined_lake(spark, tmp_path)
     # one new instance in an existing study
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["incremental-test"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
@@ -339,8 +337,7 @@ def test_incremental_refines_end_equal_to_a_full_rebuild(spark, tmp_path: Path) 
     expressions): every silver table then equals a full rebuild's with compiled
     code, and each summary's counts equal the tables' (also after another writer's
     commit)."""
-    r = _refined_lake(spark, tmp_path)
-    lake, settings, tables, target = r.lake, r.settings, r.tables, r.target
+    lake, settings, tables, _, target = _refined_lake(spark, tmp_path)
     new_study = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full", "study"])
     for n in range(2):
         sop = pydicom.uid.generate_uid(entropy_srcs=["equal-to-full", "study", str(n)])
@@ -555,8 +552,7 @@ def test_rows_landed_by_an_ingest_killed_before_its_record_reach_silver(
     rows into silver."""
     from dicom_lakehouse import ingest
 
-    r = _refined_lake(spark, tmp_path)
-    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
+    lake, settings, tables, first, target = _refined_lake(spark, tmp_path)
     new_sop = pydicom.uid.generate_uid(entropy_srcs=["killed-before-record"])
     _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000, new_sop)
     _stopped_at(monkeypatch, ingest, "_record_run", lambda: run_ingest(settings, spark))
@@ -578,8 +574,7 @@ def test_a_refine_that_stopped_after_writing_instances_is_repaired_by_the_next(
     series, studies and patients end equal to a full rebuild's."""
     from dicom_lakehouse import refine
 
-    r = _refined_lake(spark, tmp_path)
-    lake, settings, tables = r.lake, r.settings, r.tables
+    lake, settings, tables, _, _ = _refined_lake(spark, tmp_path)
     studies = sorted({f.study_instance_uid for f in lake.current_instances})
     partly, wholly = studies[0], studies[1]
     (lake.root / next(f for f in lake.instances if f.study_instance_uid == partly).path).unlink()
@@ -606,8 +601,8 @@ def test_batches_an_ingest_commits_after_a_refine_reach_silver(
     """A long ingest commits its first batch, a refine runs, then the ingest commits
     its second batch and its record. The refine in between took the run from bronze's
     history; the next refine still brings the second batch into silver."""
-    r = _refined_lake(spark, tmp_path, ingest={"batch_files": 3})
-    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
+    refined = _refined_lake(spark, tmp_path, ingest={"batch_files": 3})
+    lake, settings, tables, first, target = refined
     sops = [pydicom.uid.generate_uid(entropy_srcs=["long-ingest", str(i)]) for i in range(6)]
     for i, sop in enumerate(sops):
         _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000 + i, sop)
@@ -640,8 +635,7 @@ def test_runs_beyond_one_read_of_history_reach_silver(
     runs' rows into silver."""
     from dicom_lakehouse import refine
 
-    r = _refined_lake(spark, tmp_path)
-    lake, settings, tables, first, target = r.lake, r.settings, r.tables, r.first, r.target
+    lake, settings, tables, first, target = _refined_lake(spark, tmp_path)
     sops = [pydicom.uid.generate_uid(entropy_srcs=["history", str(i)]) for i in range(2)]
     for i, sop in enumerate(sops):
         _add_instance(tmp_path / "lake", lake.root / target.path, "research", 9000 + i, sop)
@@ -669,8 +663,7 @@ def test_a_refine_after_a_full_rebuild_with_nothing_new_runs_no_repair(
     stopped half-way (no repair aggregate), and its counts stay right."""
     from dicom_lakehouse import refine
 
-    r = _refined_lake(spark, tmp_path)
-    lake, settings, tables, target = r.lake, r.settings, r.tables, r.target
+    lake, settings, tables, _, target = _refined_lake(spark, tmp_path)
     rebuilt = run_refine(settings, spark, full=True)
     assert rebuilt.ingest_runs_refined == 0
     study = pydicom.uid.generate_uid(entropy_srcs=["after-full", "study"])
