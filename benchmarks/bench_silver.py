@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 
@@ -25,7 +26,10 @@ from dicom_lakehouse.ingest import run_ingest
 from dicom_lakehouse.io.delta import DeltaTables
 from dicom_lakehouse.lake.layout import instance_file_name
 from dicom_lakehouse.refine import run_refine
-from dicom_lakehouse.testing import build_sample_lake, local_spark
+from dicom_lakehouse.testing import SampleLake, build_sample_lake, local_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 SILVER_QUERY = (
     "modality = 'CT' AND patient_sex = 'F' AND patient_age_years BETWEEN 50 AND 70 "
@@ -69,14 +73,11 @@ def _add_instances(lake_root: Path, sources: list[Path], first_watermark: int) -
     return len(sources)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--instances", type=int, default=100_000)
-    parser.add_argument("--work", default=None)
-    args = parser.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="dl-bench-silver-"))
+def build_bench_lake(work: Path, instances: int) -> tuple[SampleLake, dict[str, Any]]:
+    """The generated lake of about ``instances`` instances (10 per study, two
+    partitions) under ``work``, and the config mapping that points at it."""
     per_study = 2 * 5  # series_per_study * instances_per_series
-    studies = max(1, args.instances // (2 * per_study))
+    studies = max(1, instances // (2 * per_study))
     started = time.perf_counter()
     lake = build_sample_lake(
         work / "lake",
@@ -95,8 +96,23 @@ def main() -> int:
         "tables": {"location": str(work / "tables")},
         "spark": {"master": "local[2]"},
     }
+    return lake, config
+
+
+def bench_spark() -> SparkSession:
+    """The benchmarks' local session."""
+    return local_spark(**{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "6g"})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--instances", type=int, default=100_000)
+    parser.add_argument("--work", default=None)
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="dl-bench-silver-"))
+    lake, config = build_bench_lake(work, args.instances)
     settings = settings_from_mapping({**config, "silver": {"zorder": True}})
-    spark = local_spark(**{"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "6g"})
+    spark = bench_spark()
     try:
         ingest = run_ingest(settings, spark)
         # the full rebuild again in the mode the defaults did not pick for this many
